@@ -1,0 +1,39 @@
+"""Finish a generated service: drop the parts the answers turned off, write a local .env.
+
+Short verb-named steps called from main(), in the manner of cookiecutter-django's hooks.
+"""
+
+import secrets
+import shutil
+from pathlib import Path
+
+PROJECT = Path.cwd()
+CI_PROVIDER = "{{ cookiecutter.ci_provider }}"
+# Placeholder used in .env.example for values that must be secret; never shipped as a default.
+SECRET_PLACEHOLDER = "__generate_secret__"
+
+
+def remove_ci_workflow() -> None:
+    shutil.rmtree(PROJECT / ".github")
+
+
+def write_env_file() -> None:
+    """Copy .env.example to .env with every secret placeholder replaced by a fresh random value."""
+    lines = []
+    for line in (PROJECT / ".env.example").read_text().splitlines():
+        while SECRET_PLACEHOLDER in line:
+            line = line.replace(SECRET_PLACEHOLDER, secrets.token_urlsafe(32), 1)
+        lines.append(line)
+    env_file = PROJECT / ".env"
+    env_file.write_text("\n".join(lines) + "\n")
+    env_file.chmod(0o600)
+
+
+def main() -> None:
+    if CI_PROVIDER == "none":
+        remove_ci_workflow()
+    write_env_file()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One router per file; main.py mounts them with include_router."""

@@ -1,0 +1,59 @@
+"""An example resource showing each way a route declares limits. Replace with your own.
+
+Every route here is also bound by the caller's plan (anonymous callers: ANONYMOUS_LIMIT).
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from ...ratelimit import limiter
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+
+
+class ItemIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class Item(ItemIn):
+    id: int
+
+
+# In-process example storage; a real service keeps its data in its database.
+_items: dict[int, Item] = {}
+
+
+@router.get("")
+async def list_items() -> list[Item]:
+    return list(_items.values())
+
+
+@router.post("", status_code=201)
+@limiter.limit("10/minute")  # writes are costlier: a stricter limit on top of the plan's
+async def create_item(request: Request, item: ItemIn) -> Item:
+    created = Item(id=len(_items) + 1, name=item.name)
+    _items[created.id] = created
+    return created
+
+
+@router.get("/export")
+@limiter.shared_limit("5/minute", scope="exports")  # one budget for every export route
+async def export_items(request: Request) -> StreamingResponse:
+    async def rows() -> AsyncIterator[str]:
+        yield "id,name\n"
+        for item in list(_items.values()):
+            yield f"{item.id},{item.name}\n"
+            await asyncio.sleep(0)
+
+    return StreamingResponse(rows(), media_type="text/csv")
+
+
+@router.get("/{item_id}")
+async def get_item(item_id: int) -> Item:
+    if item_id not in _items:
+        raise HTTPException(status_code=404, detail="item not found")
+    return _items[item_id]

@@ -1,0 +1,72 @@
+"""Every knob of the service, read from the environment (and a local `.env` file).
+
+One variable per knob; the names below are the environment variable names in upper case.
+pydantic-settings docs: https://docs.pydantic.dev/latest/concepts/pydantic_settings/
+"""
+
+from functools import lru_cache
+from ipaddress import ip_network
+from typing import Annotated, Literal
+
+from limits import parse_many
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window"]
+OutagePolicy = Literal["fail-open", "fail-closed"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # Name shown in logs and the OpenAPI document.
+    app_name: str = "{{ cookiecutter.project_name }}"
+
+    # Shared limit storage. Unset means in-memory limits, which are per process: fine for a
+    # laptop, wrong behind a load balancer (every instance would grant the full limit).
+    redis_url: str | None = None
+    # Connect and read timeout for each Redis call. Kept well under a second so that a stalled
+    # Redis costs a request this much at most, instead of hanging the worker.
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=5)
+    # After a Redis failure, requests skip Redis (and follow the outage policy) for this long
+    # before one of them tries again, so an outage does not cost every request a timeout.
+    redis_retry_interval_seconds: float = Field(default=2.0, ge=0)
+
+    # Algorithm used for every limit; see the README for the trade-offs.
+    ratelimit_strategy: Strategy = "{{ cookiecutter.ratelimit_strategy }}"
+    # While Redis is unreachable: serve with per-process in-memory limits (fail-open) or
+    # answer 503 with Retry-After (fail-closed).
+    ratelimit_outage_policy: OutagePolicy = "{{ cookiecutter.redis_outage_policy }}"
+    # Prefix of every limiter key in Redis, so several services (or test runs) can share one Redis.
+    ratelimit_key_prefix: str = "{{ cookiecutter.project_slug }}"
+    # Limits for callers without an API key, per route and client IP (limits library syntax,
+    # several separated by ';').
+    anonymous_limit: str = "{{ cookiecutter.anonymous_limit }}"
+
+    # Addresses (or CIDR networks) of the reverse proxies allowed to set X-Forwarded-For. The
+    # header is ignored from anyone else, so a client cannot pick its own rate-limit identity.
+    # Comma-separated, e.g. "10.0.0.0/8,172.16.0.0/12". Empty: no proxy is trusted.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+
+    @field_validator("anonymous_limit")
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a limit such as '60/minute'") from None
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        for item in value:
+            ip_network(item, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
