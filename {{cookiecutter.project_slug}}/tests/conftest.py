@@ -1,0 +1,166 @@
+"""Fixtures giving real services: the Redis at REDIS_URL, throwaway Redis servers, real uvicorn.
+
+Isolation: every test counts under its own key prefix and deletes only its own keys (SCAN, never
+KEYS or FLUSHALL), so the suite can run against a Redis other things use.
+"""
+
+import os
+import sys
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+HOW_TO_START_REDIS = (
+    "start one with `docker compose up -d redis` or "
+    "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`, "
+    "or point REDIS_URL at a running Redis"
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {REDIS_URL} is unreachable ({exc}): {HOW_TO_START_REDIS}", pytrace=False)
+    return REDIS_URL
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def make_settings(redis_url: str, key_prefix: str) -> Callable[..., Settings]:
+    def make(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "redis_url": redis_url,
+            "ratelimit_key_prefix": key_prefix,
+            "anonymous_limit": "5/minute",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@asynccontextmanager
+async def running_client(
+    settings: Settings, client_ip: str = "203.0.113.10"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An app built from `settings`, its lifespan entered, and an HTTP client bound to it."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            yield client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class ThrowawayRedis:
+    """A redis-server of the test's own on a free port, for tests that stop and restart it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _ping(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self._ping, 10, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    server = ThrowawayRedis(tmp_path)
+    try:
+        server.start()
+    except FileNotFoundError:
+        pytest.fail("redis-server is not installed: `apt-get install redis-server`", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start the service as the README does (uvicorn), in its own process; returns its base URL."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(**env: str) -> str:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
+             "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
+             "--log-level", "warning"],
+            cwd=tmp_path,  # away from the project's .env: the test decides every setting
+            env={**os.environ, **env},
+        )  # fmt: skip
+        processes.append(process)
+        base_url = f"http://127.0.0.1:{port}"
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {process.returncode}")
+            try:
+                return httpx.get(f"{base_url}/health/live", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, 20, f"uvicorn on port {port}")
+        return base_url
+
+    yield start
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.wait(timeout=10)

@@ -1,0 +1,103 @@
+"""The limits routes declare, counted in the real Redis at REDIS_URL."""
+
+import re
+import time
+
+import pytest
+
+from .conftest import running_client
+
+STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_limit_admits_exactly_n_then_refuses(make_settings, strategy):
+    async with running_client(make_settings(ratelimit_strategy=strategy)) as client:
+        statuses = [(await client.get("/v1/items")).status_code for _ in range(8)]
+    assert statuses == [200] * 5 + [429] * 3
+
+
+async def test_429_is_problem_json_with_retry_after_and_quota_headers(make_settings):
+    async with running_client(make_settings()) as client:
+        for _ in range(5):
+            await client.get("/v1/items")
+        response = await client.get("/v1/items")
+    now = time.time()
+
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == 429 and body["title"] == "Too Many Requests"
+    assert body["instance"] == "/v1/items" and body["policy"] == "anonymous"
+    assert "5 per 1 minute" in body["detail"]
+
+    retry_after = response.headers["retry-after"]
+    assert retry_after.isdigit() and 1 <= int(retry_after) <= 60
+    assert response.headers["x-ratelimit-limit"] == "5"
+    assert response.headers["x-ratelimit-remaining"] == "0"
+    reset = response.headers["x-ratelimit-reset"]
+    assert reset.isdigit() and now <= int(reset) <= now + 61
+    assert response.headers["ratelimit-policy"] == '"anonymous";q=5;w=60'
+    match = re.fullmatch(r'"anonymous";r=0;t=(\d+)', response.headers["ratelimit"])
+    assert match and int(match[1]) == int(retry_after)
+
+
+async def test_admitted_responses_count_down_without_retry_after(make_settings):
+    async with running_client(make_settings()) as client:
+        responses = [await client.get("/v1/items") for _ in range(5)]
+    assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["4", "3", "2", "1", "0"]
+    assert [r.headers["ratelimit"].split(";")[1] for r in responses] == [
+        "r=4", "r=3", "r=2", "r=1", "r=0",
+    ]  # fmt: skip
+    assert all("retry-after" not in r.headers for r in responses)
+    assert all(r.headers["ratelimit-policy"] == '"anonymous";q=5;w=60' for r in responses)
+
+
+async def test_key_is_the_route_template_not_the_raw_url(make_settings):
+    async with running_client(make_settings()) as client:
+        statuses = [(await client.get(f"/v1/items/{n}")).status_code for n in range(1, 8)]
+        other_route = await client.get("/v1/items")
+    assert statuses == [404] * 5 + [429] * 2  # items 1..5 do not exist; 6 and 7 share the budget
+    assert other_route.status_code == 200  # a different route template has its own budget
+
+
+async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(make_settings):
+    async with running_client(make_settings(anonymous_limit="100/minute")) as client:
+        responses = [await client.post("/v1/items", json={"name": "n"}) for _ in range(12)]
+    assert [r.status_code for r in responses] == [201] * 10 + [429] * 2
+    refused = responses[-1]
+    assert refused.json()["policy"] == "create_item"
+    assert refused.headers["x-ratelimit-limit"] == "10"
+    assert refused.headers["ratelimit-policy"] == '"anonymous";q=100;w=60, "create_item";q=10;w=60'
+
+
+async def test_shared_limit_is_reported_under_its_scope(make_settings):
+    async with running_client(make_settings(anonymous_limit="100/minute")) as client:
+        responses = [await client.get("/v1/items/export") for _ in range(6)]
+    assert [r.status_code for r in responses] == [200] * 5 + [429]
+    assert responses[-1].json()["policy"] == "exports"
+
+
+async def test_each_client_address_has_its_own_budget(make_settings):
+    settings = make_settings()
+    async with running_client(settings, client_ip="198.51.100.1") as first:
+        assert [(await first.get("/v1/items")).status_code for _ in range(6)][-1] == 429
+    async with running_client(settings, client_ip="198.51.100.2") as second:
+        assert (await second.get("/v1/items")).status_code == 200
+
+
+async def test_health_is_never_limited(make_settings):
+    async with running_client(make_settings(anonymous_limit="1/minute")) as client:
+        responses = [await client.get(path) for path in ["/health/live", "/health/ready"] * 20]
+        limited = await client.get("/v1/items")
+        await client.get("/v1/items")
+    assert {r.status_code for r in responses} == {200}
+    assert all("x-ratelimit-limit" not in r.headers for r in responses)
+    assert limited.status_code == 200 and "x-ratelimit-limit" in limited.headers
+
+
+async def test_readiness_reports_redis(make_settings):
+    async with running_client(make_settings()) as client:
+        response = await client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"redis": "ok"}}
