@@ -49,7 +49,7 @@ def check_package_name(value: str) -> str | None:
     if not PACKAGE_RE.match(value) or keyword.iskeyword(value):
         return "must be a lowercase Python identifier that is not a keyword (e.g. orders_api)"
     if value in SHADOWED_NAMES:
-        return f"'{value}' would shadow a library the service imports; choose another name"
+        return "would shadow a library the service imports; choose another name"
     return None
 
 

@@ -5,9 +5,9 @@ KEYS or FLUSHALL), so the suite can run against a Redis other things use.
 """
 
 import os
-import sys
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,7 +34,9 @@ def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2).ping()
     except redis.RedisError as exc:
-        pytest.fail(f"Redis at {REDIS_URL} is unreachable ({exc}): {HOW_TO_START_REDIS}", pytrace=False)
+        pytest.fail(
+            f"Redis at {REDIS_URL} is unreachable ({exc}): {HOW_TO_START_REDIS}", pytrace=False
+        )
     return REDIS_URL
 
 

@@ -18,7 +18,11 @@ async def test_two_instances_share_one_budget(make_settings):
 
 
 async def test_two_uvicorn_processes_share_one_budget(start_uvicorn, redis_url, key_prefix):
-    env = {"REDIS_URL": redis_url, "RATELIMIT_KEY_PREFIX": key_prefix, "ANONYMOUS_LIMIT": "25/minute"}
+    env = {
+        "REDIS_URL": redis_url,
+        "RATELIMIT_KEY_PREFIX": key_prefix,
+        "ANONYMOUS_LIMIT": "25/minute",
+    }
     servers = [start_uvicorn(**env), start_uvicorn(**env)]
     async with httpx.AsyncClient(timeout=10) as client:
         responses = await asyncio.gather(

@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.ratelimit import limiter
+
 from .conftest import free_port
 
 
@@ -31,7 +32,9 @@ async def test_streaming_response_streams_through_the_limiter(make_settings):
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started:
+        for _ in range(200):  # uvicorn offers no event to wait on
+            if server.started:
+                break
             await asyncio.sleep(0.05)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             started = time.monotonic()

@@ -9,7 +9,9 @@ class SkipHealthChecks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # uvicorn.access records carry (client, method, path, http_version, status) as args.
         args = record.args
-        return not (isinstance(args, tuple) and len(args) >= 3 and str(args[2]).startswith(HEALTH_PREFIX))
+        return not (
+            isinstance(args, tuple) and len(args) >= 3 and str(args[2]).startswith(HEALTH_PREFIX)
+        )
 
 
 def install_access_log_filter() -> None:

@@ -27,6 +27,9 @@ async def enforce_rate_limits(request: Request) -> None:
     state["ratelimit_decision"] = decision  # read by RateLimitMiddleware for the headers
     # slowapi's decorator wrapper reads this attribute after the endpoint returns.
     binding = decision.binding
-    state["view_rate_limit"] = (binding.limit.item, [binding.limit.subject, *binding.limit.namespace])
+    state["view_rate_limit"] = (
+        binding.limit.item,
+        [binding.limit.subject, *binding.limit.namespace],
+    )
     if not decision.allowed:
         raise RateLimited(decision)

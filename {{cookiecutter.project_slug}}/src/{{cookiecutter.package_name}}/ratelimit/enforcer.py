@@ -62,7 +62,9 @@ class StorageUnavailable(Exception):
         self.retry_after = retry_after
 
 
-async def _evaluate(strategy: RateLimiter, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]:
+async def _evaluate(
+    strategy: RateLimiter, limits: Sequence[AppliedLimit]
+) -> tuple[LimitResult, ...]:
     allowed = []
     for limit in limits:
         ok = await strategy.hit(limit.item, limit.subject, *limit.namespace, cost=limit.cost)
@@ -77,7 +79,7 @@ async def _evaluate(strategy: RateLimiter, limits: Sequence[AppliedLimit]) -> tu
     )
     return tuple(
         LimitResult(limit=limit, allowed=ok, remaining=stat.remaining, reset_at=stat.reset_time)
-        for limit, ok, stat in zip(limits, allowed, stats)
+        for limit, ok, stat in zip(limits[: len(allowed)], allowed, stats, strict=True)
     )
 
 

@@ -18,8 +18,16 @@ class ProblemResponse(JSONResponse):
     media_type = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, instance: str, **extra: object) -> ProblemResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": instance}
+def problem(
+    status: int, title: str, detail: str, instance: str, **extra: object
+) -> ProblemResponse:
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
     return ProblemResponse(body | extra, status_code=status)
 
 

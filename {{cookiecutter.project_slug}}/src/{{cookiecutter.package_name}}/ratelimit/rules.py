@@ -43,7 +43,7 @@ def _policy_names(bases: Sequence[str], items: Sequence[RateLimitItem]) -> list[
     """One policy name per limit: its base name, suffixed by the window where a base repeats."""
     return [
         base if bases.count(base) == 1 else f"{base}-{item.get_expiry()}s"
-        for base, item in zip(bases, items)
+        for base, item in zip(bases, items, strict=True)
     ]
 
 
@@ -85,6 +85,7 @@ class RouteRules:
             for item, policy in zip(
                 caller.plan.limits,
                 _policy_names([caller.plan.name] * len(caller.plan.limits), caller.plan.limits),
+                strict=True,
             )
         ]
         declared = self._declared(_endpoint_name(endpoint), request)
@@ -98,7 +99,7 @@ class RouteRules:
             [limit.scope or endpoint.__name__ for limit in declared],
             [limit.limit for limit in declared],
         )
-        for limit, policy in zip(declared, names):
+        for limit, policy in zip(declared, names, strict=True):
             scope = limit.scope
             namespace = ("shared", scope) if scope else ("route", route_path)
             if limit.per_method:

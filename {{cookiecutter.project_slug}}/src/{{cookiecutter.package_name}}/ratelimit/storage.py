@@ -42,7 +42,9 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
             "REDIS_URL is not set: rate limits are kept in memory, PER PROCESS. Every instance "
             "and worker grants the full limit. Set REDIS_URL for limits shared across instances."
         )
-        yield LimitStorage(storage=MemoryStorage(), redis=None, timeout=settings.redis_timeout_seconds)
+        yield LimitStorage(
+            storage=MemoryStorage(), redis=None, timeout=settings.redis_timeout_seconds
+        )
         return
 
     # We build the pool ourselves (instead of letting `limits` do it) to own its timeouts and
@@ -65,7 +67,9 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
     )
     try:
         yield LimitStorage(
-            storage=storage, redis=Redis(connection_pool=pool), timeout=settings.redis_timeout_seconds
+            storage=storage,
+            redis=Redis(connection_pool=pool),
+            timeout=settings.redis_timeout_seconds,
         )
     finally:
         await pool.aclose()

@@ -1,0 +1,74 @@
+"""Every answer set bakes into a clean project: rendered, linted, and shaped by its answers."""
+
+import re
+import stat
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from .conftest import ANSWER_SETS, bake_ok, run
+
+UNRENDERED = re.compile(r"\{\{\s*cookiecutter\.|\{%|cookiecutter\.")
+
+
+@pytest.fixture(params=list(ANSWER_SETS), ids=list(ANSWER_SETS))
+def baked(request, cookies) -> tuple[dict[str, str], Path]:
+    answers = ANSWER_SETS[request.param]
+    return answers, bake_ok(cookies, answers)
+
+
+def test_no_template_syntax_is_left_unrendered(baked):
+    _, project = baked
+    leftovers = [
+        f"{path.relative_to(project)}: {line.strip()}"
+        for path in project.rglob("*")
+        if path.is_file()
+        for line in path.read_text(errors="replace").splitlines()
+        if UNRENDERED.search(line)
+    ]
+    leftovers += [str(p) for p in project.rglob("*") if "{{" in p.name or "}}" in p.name]
+    assert leftovers == []
+
+
+def test_ruff_check_and_format_pass(baked):
+    _, project = baked
+    ruff = [sys.executable, "-m", "ruff"]
+    lint = run([*ruff, "check", "--no-cache", "."], cwd=project)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fmt = run([*ruff, "format", "--no-cache", "--check", "."], cwd=project)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_answers_shape_the_project(baked):
+    answers, project = baked
+    python = answers.get("python_version", "3.11")
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    assert pyproject["project"]["requires-python"] == f">={python}"
+    assert pyproject["tool"]["ruff"]["target-version"] == f"py{python.replace('.', '')}"
+    package = answers.get("package_name") or project.name.replace("-", "_")
+    assert (project / "src" / package / "main.py").is_file()
+
+    env = (project / ".env").read_text()
+    strategy = answers.get("ratelimit_strategy", "moving-window")
+    policy = answers.get("redis_outage_policy", "fail-open")
+    assert f"RATELIMIT_STRATEGY={strategy}\n" in env
+    assert f"RATELIMIT_OUTAGE_POLICY={policy}\n" in env
+    assert f"ANONYMOUS_LIMIT={answers.get('anonymous_limit', '60/minute')}\n" in env
+    assert stat.S_IMODE((project / ".env").stat().st_mode) == 0o600
+
+    workflow = project / ".github" / "workflows" / "ci.yml"
+    assert workflow.exists() == (answers.get("ci_provider", "github") == "github")
+    if workflow.exists():
+        assert f'python-version: "{python}"' in workflow.read_text()
+
+
+def test_no_placeholder_secrets(baked):
+    _, project = baked
+    for path in project.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace").lower()
+            assert "changethis" not in text, path
+            if path.name == ".env":
+                assert "__generate_secret__" not in text

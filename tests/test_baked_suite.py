@@ -1,0 +1,29 @@
+"""A baked service installs and passes its own test suite against real Redis."""
+
+import os
+
+import pytest
+
+from .conftest import ANSWER_SETS, bake_ok, run
+
+# Only answer sets for this interpreter's Python can be installed here.
+RUNNABLE = [name for name, answers in ANSWER_SETS.items() if answers.get("python_version", "3.11") == "3.11"]
+
+
+@pytest.mark.baked_suite
+@pytest.mark.parametrize("answer_set", RUNNABLE)
+def test_baked_service_passes_its_own_tests(cookies, service_venv, answer_set):
+    project = bake_ok(cookies, ANSWER_SETS[answer_set])
+    pip, python = service_venv / "bin" / "pip", service_venv / "bin" / "python"
+    installed = run([str(pip), "install", "-q", "--no-deps", "-e", "."], cwd=project)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    suite = run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=project,
+        timeout=900,
+        REDIS_URL=redis_url,
+        PATH=f"{service_venv / 'bin'}:{os.environ['PATH']}",
+    )
+    assert suite.returncode == 0, suite.stdout[-6000:] + suite.stderr[-3000:]
+    assert " passed" in suite.stdout
