@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import ANSWER_SETS, bake_ok, run
 
-UNRENDERED = re.compile(r"\{\{\s*cookiecutter\.|\{%|cookiecutter\.")
+UNRENDERED = re.compile(r"\{\{-?\s*cookiecutter\.|\{%-?|\{#")
 
 
 @pytest.fixture(params=list(ANSWER_SETS), ids=list(ANSWER_SETS))
