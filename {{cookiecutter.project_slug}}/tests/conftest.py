@@ -54,10 +54,14 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture
 def make_settings(redis_url: str, key_prefix: str) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
+        # Explicit values, not the baked defaults, so every answer set runs the same tests;
+        # tests about another algorithm or policy say so.
         values: dict[str, object] = {
             "redis_url": redis_url,
             "ratelimit_key_prefix": key_prefix,
             "anonymous_limit": "5/minute",
+            "ratelimit_strategy": "moving-window",
+            "ratelimit_outage_policy": "fail-open",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)

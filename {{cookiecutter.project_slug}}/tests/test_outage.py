@@ -108,6 +108,7 @@ def silent_redis() -> Iterator[str]:
 async def test_a_redis_that_never_answers_costs_a_bounded_delay(make_settings, silent_redis):
     settings = make_settings(
         redis_url=silent_redis,
+        ratelimit_outage_policy="fail-open",
         redis_timeout_seconds=0.2,
         redis_retry_interval_seconds=5,
     )
