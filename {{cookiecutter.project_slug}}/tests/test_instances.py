@@ -17,17 +17,29 @@ async def test_two_instances_share_one_budget(make_settings):
     assert sum(r.status_code == 429 for r in responses) == 30
 
 
+async def test_a_burst_beyond_the_connection_pool_is_still_counted_exactly(make_settings):
+    # More concurrent requests than Redis connections must queue, not fail over to the
+    # per-process fallback (which would admit another full budget).
+    settings = make_settings(anonymous_limit="20/minute", redis_max_connections=4)
+    async with running_client(settings) as client:
+        responses = await asyncio.gather(*(client.get("/v1/items") for _ in range(200)))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 20
+    assert statuses.count(429) == 180
+
+
 async def test_two_uvicorn_processes_share_one_budget(start_uvicorn, redis_url, key_prefix):
     env = {
         "REDIS_URL": redis_url,
         "RATELIMIT_KEY_PREFIX": key_prefix,
-        "ANONYMOUS_LIMIT": "25/minute",
+        "ANONYMOUS_LIMIT": "100/minute",
     }
     servers = [start_uvicorn(**env), start_uvicorn(**env)]
-    async with httpx.AsyncClient(timeout=10) as client:
+    limits = httpx.Limits(max_connections=400)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         responses = await asyncio.gather(
-            *(client.get(f"{server}/v1/items") for server in servers * 50)
+            *(client.get(f"{server}/v1/items") for server in servers * 200)
         )
     statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 25
-    assert statuses.count(429) == 75
+    assert statuses.count(200) == 100
+    assert statuses.count(429) == 300

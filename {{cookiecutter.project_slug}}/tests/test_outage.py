@@ -122,8 +122,12 @@ async def test_a_redis_that_never_answers_costs_a_bounded_delay(make_settings, s
         started = time.monotonic()
         live = await client.get("/health/live")
         live_took = time.monotonic() - started
-    assert first.status_code == 200  # fail-open, after one timeout
-    assert first_took < 1.0
+        started = time.monotonic()
+        ready = await client.get("/health/ready")
+        ready_took = time.monotonic() - started
+    assert first.status_code == 200  # fail-open, after one read timeout (0.2 s)
+    assert first_took < 0.6
     # Until the retry interval passes, requests skip Redis instead of waiting on it again.
     assert [r.status_code for r in following] == [200] * 3 and following_took < 0.2
     assert live.status_code == 200 and live_took < 0.1
+    assert ready.status_code == 503 and ready_took < 0.6

@@ -26,8 +26,13 @@ class Settings(BaseSettings):
     # laptop, wrong behind a load balancer (every instance would grant the full limit).
     redis_url: str | None = None
     # Connect and read timeout for each Redis call. Kept well under a second so that a stalled
-    # Redis costs a request this much at most, instead of hanging the worker.
-    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=5)
+    # Redis costs a request this much at most, instead of hanging the worker. Not much lower:
+    # the clock runs while the event loop serves other requests, so under a CPU-bound burst a
+    # too-short timeout fires although Redis answered, and the outage policy kicks in.
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=5)
+    # Redis connections per process. Requests beyond it wait for a free connection (bounded by
+    # the timeouts) rather than failing: a busy moment is not an outage.
+    redis_max_connections: int = Field(default=100, ge=1)
     # After a Redis failure, requests skip Redis (and follow the outage policy) for this long
     # before one of them tries again, so an outage does not cost every request a timeout.
     redis_retry_interval_seconds: float = Field(default=2.0, ge=0)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,13 +47,21 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
         )
         return
 
-    # We build the pool ourselves (instead of letting `limits` do it) to own its timeouts and
-    # retries and to close it on shutdown. Without socket timeouts a Redis that accepts
-    # connections but never answers hangs every request; redis-py's default retry policy
-    # (3 retries with backoff) would multiply each timeout. One immediate retry on a connection
-    # error is kept: it absorbs the stale pooled connection left by a Redis restart.
-    pool = ConnectionPool.from_url(
+    # We build the pool ourselves (instead of letting `limits` do it) to own its timeouts,
+    # retries and size, and to close it on shutdown:
+    # - without socket timeouts a Redis that accepts connections but never answers hangs
+    #   every request;
+    # - redis-py's default retry policy (3 retries with backoff) would multiply each timeout;
+    #   one immediate retry on a connection error is kept, for the stale pooled connection a
+    #   Redis restart leaves behind;
+    # - redis-py's default pool raises "Too many connections" past 100 concurrent calls, which
+    #   would turn a burst of traffic into an outage (and, fail-open, into per-process limits).
+    #   The blocking pool makes callers wait for a free connection instead; Enforcer bounds
+    #   the whole check.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=None,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
