@@ -4,6 +4,7 @@ Each check prints one line naming the field and the accepted form, then exits no
 cookiecutter stops and no half-rendered project is left behind.
 """
 
+import json
 import keyword
 import re
 import sys
@@ -17,9 +18,12 @@ ANSWERS = {
     "anonymous_limit": "{{ cookiecutter.anonymous_limit }}",
     "ci_provider": "{{ cookiecutter.ci_provider }}",
 }
+# A JSON object (name -> limits); tojson escapes quotes, so the raw string cannot be cut short.
+PLANS = json.loads(r"""{{ cookiecutter.plans | tojson }}""")
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 PACKAGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+PLAN_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 # Import names the generated service depends on: a package with one of these names would shadow it.
 SHADOWED_NAMES = {
     "alembic", "app", "asyncpg", "fastapi", "httpx", "limits", "pydantic", "pydantic_settings",
@@ -41,7 +45,10 @@ CHOICES = {
 
 def check_slug(value: str) -> str | None:
     if not SLUG_RE.match(value):
-        return "must be lowercase letters and digits in words joined by '-', starting with a letter (e.g. orders-api)"
+        return (
+            "must be lowercase letters and digits in words joined by '-', "
+            "starting with a letter (e.g. orders-api)"
+        )
     return None
 
 
@@ -54,21 +61,37 @@ def check_package_name(value: str) -> str | None:
 
 
 def check_limit(value: str) -> str | None:
-    form = "must be one or more limits like '60/minute' or '10 per second;1000/day', each above zero"
-    parts = [part for part in re.split(r"[,;|]", value)]
+    form = "must be one or more limits like '60/minute' or '10 per second;1000/day', above zero"
+    parts = re.split(r"[,;|]", value)
     if not value.strip() or any(not part.strip() for part in parts):
         return form
     for part in parts:
         match = LIMIT_ITEM_RE.match(part)
         if match is None:
             return form
-        if int(match["amount"]) == 0 or match["multiple"] is not None and int(match["multiple"]) == 0:
+        multiple = match["multiple"]
+        if int(match["amount"]) == 0 or (multiple is not None and int(multiple) == 0):
             return form
     return None
 
 
-def validate(answers: dict[str, str]) -> list[str]:
+def check_plans(plans: object) -> list[str]:
+    if not isinstance(plans, dict):
+        return ['plans: must be a JSON object of plan name -> limits, e.g. {"pro": "1000/minute"}']
     errors = []
+    for name, limits in plans.items():
+        if name == "anonymous" or not PLAN_NAME_RE.match(name):
+            errors.append(
+                f"plans: {name!r} must be a lowercase name (letters, digits, '-', '_') other "
+                "than 'anonymous' (set anonymous_limit for that one)"
+            )
+        elif not isinstance(limits, str) or check_limit(limits):
+            errors.append(f"plans: {name}: {limits!r} {check_limit(str(limits))}")
+    return errors
+
+
+def validate(answers: dict[str, str], plans: object) -> list[str]:
+    errors = check_plans(plans)
     for field, check in (
         ("project_slug", check_slug),
         ("package_name", check_package_name),
@@ -84,7 +107,7 @@ def validate(answers: dict[str, str]) -> list[str]:
 
 
 def main() -> None:
-    errors = validate(ANSWERS)
+    errors = validate(ANSWERS, PLANS)
     for error in errors:
         print(f"ERROR: {error}", file=sys.stderr)
     if errors:

@@ -43,7 +43,9 @@ def bake_ok(cookies, answers: dict[str, str]) -> Path:
     return Path(result.project_path)
 
 
-def run(command: list[str], cwd: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], cwd: Path, timeout: float = 600, **env: str
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         command,
         cwd=cwd,

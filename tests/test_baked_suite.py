@@ -7,7 +7,9 @@ import pytest
 from .conftest import ANSWER_SETS, bake_ok, run
 
 # Only answer sets for this interpreter's Python can be installed here.
-RUNNABLE = [name for name, answers in ANSWER_SETS.items() if answers.get("python_version", "3.11") == "3.11"]
+RUNNABLE = [
+    name for name, answers in ANSWER_SETS.items() if answers.get("python_version", "3.11") == "3.11"
+]
 
 
 @pytest.mark.baked_suite

@@ -4,17 +4,17 @@ import pytest
 
 from .conftest import bake_ok
 
-BAD_ANSWERS = [
+BAD_ANSWERS = [  # field, answer, the start of its one-line message
     ("project_slug", "My Service", "project_slug: 'My Service' must be lowercase"),
     ("project_slug", "9lives", "project_slug: '9lives' must be lowercase"),
-    ("package_name", "my-service", "package_name: 'my-service' must be a lowercase Python identifier"),
-    ("package_name", "class", "package_name: 'class' must be a lowercase Python identifier"),
+    ("package_name", "my-service", "package_name: 'my-service' must be a lowercase"),
+    ("package_name", "class", "package_name: 'class' must be a lowercase"),
     ("package_name", "redis", "package_name: 'redis' would shadow a library"),
-    ("anonymous_limit", "10/fortnight", "anonymous_limit: '10/fortnight' must be one or more limits"),
-    ("anonymous_limit", "0/minute", "anonymous_limit: '0/minute' must be one or more limits"),
-    ("anonymous_limit", "10/0 minute", "anonymous_limit: '10/0 minute' must be one or more limits"),
-    ("anonymous_limit", "", "anonymous_limit: '' must be one or more limits"),
-    ("anonymous_limit", "60/minute;", "anonymous_limit: '60/minute;' must be one or more limits"),
+    ("anonymous_limit", "10/fortnight", "anonymous_limit: '10/fortnight' must be one or more"),
+    ("anonymous_limit", "0/minute", "anonymous_limit: '0/minute' must be one or more"),
+    ("anonymous_limit", "10/0 minute", "anonymous_limit: '10/0 minute' must be one or more"),
+    ("anonymous_limit", "", "anonymous_limit: '' must be one or more"),
+    ("anonymous_limit", "60/minute;", "anonymous_limit: '60/minute;' must be one or more"),
 ]  # fmt: skip
 
 

@@ -1,32 +1,131 @@
-"""Fixtures giving real services: the Redis at REDIS_URL, throwaway Redis servers, real uvicorn.
+"""Fixtures giving real services: Redis at REDIS_URL, Postgres at DATABASE_URL, throwaway
+servers, and the service under real uvicorn.
 
-Isolation: every test counts under its own key prefix and deletes only its own keys (SCAN, never
-KEYS or FLUSHALL), so the suite can run against a Redis other things use.
+Isolation: every test counts under its own Redis key prefix and deletes only its own keys (SCAN,
+never KEYS or FLUSHALL), and gets a database of its own, copied from a migrated template; the
+suite drops only the databases it created.
 """
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
+from {{ cookiecutter.package_name }}.database import create_engine, session_factory
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.migrations import upgrade_to_head
+from {{ cookiecutter.package_name }}.plans import repository
 from {{ cookiecutter.package_name }}.settings import Settings
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# A Postgres where the suite may create (and drop) databases of its own.
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 HOW_TO_START_REDIS = (
     "start one with `docker compose up -d redis` or "
     "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`, "
     "or point REDIS_URL at a running Redis"
 )
+HOW_TO_START_POSTGRES = (
+    "start one with `docker compose up -d postgres` or "
+    "`pg_ctlcluster 15 main start`, or point DATABASE_URL at a Postgres where this user "
+    "may create databases"
+)
+TEST_DB_PREFIX = "test_{{ cookiecutter.package_name }}_"
+
+
+def _url_for(database: str) -> str:
+    return make_url(DATABASE_URL).set(database=database).render_as_string(hide_password=False)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _admin(*statements: str) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(DATABASE_URL), timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def template_database() -> Iterator[str]:
+    """A database migrated once per run; each test's database is a copy of it."""
+    name = f"{TEST_DB_PREFIX}{uuid.uuid4().hex[:8]}_template"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"Postgres at {DATABASE_URL} is unusable ({exc}): {HOW_TO_START_POSTGRES}",
+            pytrace=False,
+        )
+    try:
+        upgrade_to_head(_url_for(name))
+        yield _url_for(name)
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database of this test's own; anonymous callers get 5/minute there."""
+    name = f"{TEST_DB_PREFIX}{uuid.uuid4().hex[:12]}"
+    template = make_url(template_database).database
+    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    url = _url_for(name)
+    await set_plan(url, "anonymous", "5/minute")
+    yield url
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _in_session(url: str, work: Callable[..., Awaitable]) -> object:
+    engine = create_engine(Settings(_env_file=None, database_url=url))
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            return await work(session)
+    finally:
+        await engine.dispose()
+
+
+async def set_plan(url: str, name: str, limits: str, route_limits: dict | None = None) -> None:
+    """Create or change a plan in the database at `url`, as the CLI would."""
+
+    async def work(session):
+        if await repository.find_plan(session, name) is None:
+            await repository.create_plan(session, name, limits, route_limits)
+        else:
+            await repository.update_plan(session, name, limits, route_limits or {})
+
+    await _in_session(url, work)
+
+
+async def create_key(url: str, plan: str, owner: str = "tests") -> str:
+    async def work(session):
+        key, _ = await repository.create_key(session, plan, owner)
+        return key
+
+    return await _in_session(url, work)
+
+
+async def revoke_key(url: str, key: str) -> None:
+    async def work(session):
+        await repository.revoke_key(session, key.split("_")[1])
+
+    await _in_session(url, work)
 
 
 @pytest.fixture(scope="session")
@@ -52,14 +151,14 @@ def key_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_settings(redis_url: str, key_prefix: str) -> Callable[..., Settings]:
+def make_settings(redis_url: str, key_prefix: str, database_url: str) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         # Explicit values, not the baked defaults, so every answer set runs the same tests;
         # tests about another algorithm or policy say so.
         values: dict[str, object] = {
             "redis_url": redis_url,
             "ratelimit_key_prefix": key_prefix,
-            "anonymous_limit": "5/minute",
+            "database_url": database_url,
             "ratelimit_strategy": "moving-window",
             "ratelimit_outage_policy": "fail-open",
         }

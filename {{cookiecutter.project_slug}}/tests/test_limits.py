@@ -5,15 +5,16 @@ import time
 
 import pytest
 
-from .conftest import running_client
+from .conftest import running_client, set_plan
 
 STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_limit_admits_exactly_n_then_refuses(make_settings, strategy):
+async def test_limit_admits_exactly_n_then_refuses(make_settings, database_url, strategy):
     # An hour-long window, so that a window boundary is (almost) never crossed mid-test.
-    settings = make_settings(ratelimit_strategy=strategy, anonymous_limit="5/hour")
+    await set_plan(database_url, "anonymous", "5/hour")
+    settings = make_settings(ratelimit_strategy=strategy)
     async with running_client(settings) as client:
         statuses = [(await client.get("/v1/items")).status_code for _ in range(8)]
     assert statuses == [200] * 5 + [429] * 3
@@ -63,8 +64,9 @@ async def test_key_is_the_route_template_not_the_raw_url(make_settings):
     assert other_route.status_code == 200  # a different route template has its own budget
 
 
-async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(make_settings):
-    async with running_client(make_settings(anonymous_limit="100/minute")) as client:
+async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(make_settings, database_url):
+    await set_plan(database_url, "anonymous", "100/minute")
+    async with running_client(make_settings()) as client:
         responses = [await client.post("/v1/items", json={"name": "n"}) for _ in range(12)]
     assert [r.status_code for r in responses] == [201] * 10 + [429] * 2
     refused = responses[-1]
@@ -73,8 +75,9 @@ async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(make_se
     assert refused.headers["ratelimit-policy"] == '"anonymous";q=100;w=60, "create_item";q=10;w=60'
 
 
-async def test_shared_limit_is_reported_under_its_scope(make_settings):
-    async with running_client(make_settings(anonymous_limit="100/minute")) as client:
+async def test_shared_limit_is_reported_under_its_scope(make_settings, database_url):
+    await set_plan(database_url, "anonymous", "100/minute")
+    async with running_client(make_settings()) as client:
         responses = [await client.get("/v1/items/export") for _ in range(6)]
     assert [r.status_code for r in responses] == [200] * 5 + [429]
     assert responses[-1].json()["policy"] == "exports"
@@ -88,8 +91,9 @@ async def test_each_client_address_has_its_own_budget(make_settings):
         assert (await second.get("/v1/items")).status_code == 200
 
 
-async def test_health_is_never_limited(make_settings):
-    async with running_client(make_settings(anonymous_limit="1/minute")) as client:
+async def test_health_is_never_limited(make_settings, database_url):
+    await set_plan(database_url, "anonymous", "1/minute")
+    async with running_client(make_settings()) as client:
         responses = [await client.get(path) for path in ["/health/live", "/health/ready"] * 20]
         limited = await client.get("/v1/items")
         await client.get("/v1/items")
@@ -102,4 +106,4 @@ async def test_readiness_reports_redis(make_settings):
     async with running_client(make_settings()) as client:
         response = await client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"redis": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"redis": "ok", "database": "ok"}}

@@ -28,7 +28,10 @@ async def test_fail_open_keeps_serving_and_limits_per_process(make_settings, thr
     assert during == [200] * 5 + [429] * 2
     assert live.status_code == 200
     assert ready.status_code == 503
-    assert ready.json() == {"status": "degraded", "checks": {"redis": "unreachable"}}
+    assert ready.json() == {
+        "status": "degraded",
+        "checks": {"redis": "unreachable", "database": "ok"},
+    }
 
 
 async def test_fail_closed_answers_503_with_retry_after(make_settings, throwaway_redis):

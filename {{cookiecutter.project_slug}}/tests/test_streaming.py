@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.ratelimit import limiter
 
-from .conftest import free_port
+from .conftest import free_port, set_plan
 
 
 @limiter.limit("3/minute")
@@ -23,10 +23,11 @@ async def slow_stream(request: Request) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="text/plain")
 
 
-async def test_streaming_response_streams_through_the_limiter(make_settings):
+async def test_streaming_response_streams_through_the_limiter(make_settings, database_url):
     import uvicorn
 
-    app = create_app(make_settings(anonymous_limit="100/minute"))
+    await set_plan(database_url, "anonymous", "100/minute")
+    app = create_app(make_settings())
     app.get("/stream")(slow_stream)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))

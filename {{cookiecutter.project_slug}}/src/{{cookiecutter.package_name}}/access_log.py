@@ -2,6 +2,10 @@
 
 import logging
 
+# Health routes live under this prefix (api/routes/health.py); the caller middleware and nginx
+# exempt the same prefix.
+# Health routes live under this prefix (api/routes/health.py); the caller middleware and nginx
+# exempt the same prefix.
 HEALTH_PREFIX = "/health/"
 
 

@@ -8,7 +8,6 @@ from functools import lru_cache
 from ipaddress import ip_network
 from typing import Annotated, Literal
 
-from limits import parse_many
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -46,23 +45,23 @@ class Settings(BaseSettings):
     ratelimit_outage_policy: OutagePolicy = "{{ cookiecutter.redis_outage_policy }}"
     # Prefix of every limiter key in Redis, so several services (or test runs) can share one Redis.
     ratelimit_key_prefix: str = "{{ cookiecutter.project_slug }}"
-    # Limits for callers without an API key, per route and client IP (limits library syntax,
-    # several separated by ';').
-    anonymous_limit: str = "{{ cookiecutter.anonymous_limit }}"
+
+    # Where plans and API keys live: a postgresql:// URL. Unset means an SQLite file in the
+    # working directory, migrated at start-up, for running without any infrastructure.
+    database_url: str | None = None
+    # Connect and query timeout for the database. Only cache misses query it.
+    database_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # After a database failure, cache misses skip the database (and get 503) for this long
+    # before one of them tries again.
+    database_retry_interval_seconds: float = Field(default=2.0, ge=0)
+    # How long a resolved API key or plan is served from memory before it is read again: the
+    # longest a revoked key or a changed plan keeps its old effect.
+    plan_cache_ttl_seconds: float = Field(default=30.0, ge=0)
 
     # Addresses (or CIDR networks) of the reverse proxies allowed to set X-Forwarded-For. The
     # header is ignored from anyone else, so a client cannot pick its own rate-limit identity.
     # Comma-separated, e.g. "10.0.0.0/8,172.16.0.0/12". Empty: no proxy is trusted.
     trusted_proxies: Annotated[list[str], NoDecode] = []
-
-    @field_validator("anonymous_limit")
-    @classmethod
-    def _check_limit(cls, value: str) -> str:
-        try:
-            parse_many(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a limit such as '60/minute'") from None
-        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -1,38 +1,63 @@
 """Who is calling: the identity limits are counted against, and the plan whose limits apply."""
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from limits import RateLimitItem, parse_many
 from starlette.requests import Request
 from starlette.types import Scope
 
 
+def parse_limits(value: str) -> tuple[RateLimitItem, ...]:
+    """Limits in `limits` syntax ("1000/minute;20000/day"); ValueError naming what is wrong."""
+    try:
+        items = tuple(parse_many(value))
+    except ValueError:
+        items = ()
+    if not items or any(item.amount < 1 or item.multiples < 1 for item in items):
+        raise ValueError(f"{value!r} is not a limit such as '60/minute' or '10/second;1000/day'")
+    return items
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     limits: tuple[RateLimitItem, ...]
+    # Per-route replacements of `limits`, by route template.
+    route_limits: Mapping[str, tuple[RateLimitItem, ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_string(cls, name: str, limits: str) -> "Plan":
-        return cls(name=name, limits=tuple(parse_many(limits)))
+    def from_strings(
+        cls, name: str, limits: str, route_limits: Mapping[str, str] | None = None
+    ) -> "Plan":
+        return cls(
+            name=name,
+            limits=parse_limits(limits),
+            route_limits={
+                route: parse_limits(value) for route, value in (route_limits or {}).items()
+            },
+        )
+
+    def limits_for(self, route: str) -> tuple[RateLimitItem, ...]:
+        return self.route_limits.get(route, self.limits)
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    # Stable, non-secret identity used in limiter keys, e.g. "ip:203.0.113.7".
+    # Stable, non-secret identity used in limiter keys: "ip:203.0.113.7" or "key:3f9a0c1b2d4e".
     identity: str
     plan: Plan
 
 
-def anonymous_caller(scope: Scope, plan: Plan) -> Caller:
-    """A caller without credentials, keyed by its client address.
+def client_address(scope: Scope) -> str:
+    """The real client address.
 
-    `scope["client"]` is the real client: when the direct peer is a trusted proxy, uvicorn's
-    ProxyHeadersMiddleware (installed by create_app) has already replaced it with the address
-    from X-Forwarded-For; from anyone else the header is ignored.
+    When the direct peer is a trusted proxy, uvicorn's ProxyHeadersMiddleware (installed by
+    create_app) has already replaced it with the address from X-Forwarded-For; from anyone
+    else the header is ignored.
     """
     client = scope.get("client")
-    return Caller(identity=f"ip:{client[0] if client else 'unknown'}", plan=plan)
+    return client[0] if client else "unknown"
 
 
 def current_caller(request: Request) -> Caller:

@@ -8,21 +8,39 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .caller import Plan, anonymous_caller
+from ..access_log import HEALTH_PREFIX
+from ..plans.directory import PlansUnavailable
+from ..plans.resolver import CallerResolver, InvalidCredentials
 from .headers import quota_headers
+from .responses import problem
 
 
 class RateLimitMiddleware:
-    def __init__(self, app: ASGIApp, anonymous_plan: Plan) -> None:
+    def __init__(self, app: ASGIApp, resolver: CallerResolver) -> None:
         self.app = app
-        self.anonymous_plan = anonymous_plan
+        self.resolver = resolver
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # Health probes skip caller resolution: they must answer whatever the credentials
+        # and whether or not the plans database is up.
+        if scope["type"] != "http" or scope["path"].startswith(HEALTH_PREFIX):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        state["caller"] = anonymous_caller(scope, self.anonymous_plan)
+        try:
+            state["caller"] = await self.resolver.resolve(scope)
+        except InvalidCredentials as exc:
+            response = problem(401, "Unauthorized", str(exc), scope["path"])
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        except PlansUnavailable as exc:
+            response = problem(
+                503, "Service Unavailable", "Plans are temporarily unavailable.", scope["path"]
+            )
+            response.headers["Retry-After"] = str(exc.retry_after)
+            await response(scope, receive, send)
+            return
 
         async def send_with_quota_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -1,4 +1,4 @@
-"""problem+json (RFC 9457) bodies for refusals, so clients get one machine-readable shape."""
+"""problem+json (RFC 9457) bodies for refusals (401, 429, 503): one machine-readable shape."""
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse

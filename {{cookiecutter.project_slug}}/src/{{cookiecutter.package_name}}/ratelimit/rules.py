@@ -75,6 +75,7 @@ class RouteRules:
 
     def for_request(self, request: Request, caller: Caller, route_path: str) -> list[AppliedLimit]:
         endpoint = request.scope["endpoint"]
+        plan_limits = caller.plan.limits_for(route_path)
         applied = [
             AppliedLimit(
                 item=item,
@@ -83,8 +84,8 @@ class RouteRules:
                 policy=policy,
             )
             for item, policy in zip(
-                caller.plan.limits,
-                _policy_names([caller.plan.name] * len(caller.plan.limits), caller.plan.limits),
+                plan_limits,
+                _policy_names([caller.plan.name] * len(plan_limits), plan_limits),
                 strict=True,
             )
         ]

@@ -1,0 +1,138 @@
+"""Command line for plans, API keys and migrations: `{{ cookiecutter.project_slug }} --help`.
+
+Every command runs in one transaction: bad input prints one line, exits 2 and writes nothing.
+"""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .database import create_engine, database_url, session_factory
+from .migrations import upgrade_to_head
+from .plans import repository
+from .settings import get_settings
+
+
+def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
+    if pairs is None:
+        return None
+    routes = {}
+    for pair in pairs:
+        route, sep, limits = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--route {pair!r} must look like /v1/items=10/minute")
+        routes[route] = limits
+    return routes
+
+
+def _describe_plan(row) -> str:
+    routes = "".join(f" {route}={limits}" for route, limits in sorted(row.route_limits.items()))
+    state = "" if row.is_active else " (inactive)"
+    return f"{row.name}\t{row.limits}{routes}{state}"
+
+
+async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
+    for row in await repository.list_plans(session):
+        print(_describe_plan(row))
+
+
+async def plans_create(session: AsyncSession, args: argparse.Namespace) -> None:
+    row = await repository.create_plan(session, args.name, args.limits, _route_limits(args.route))
+    print(f"created plan {_describe_plan(row)}")
+
+
+async def plans_update(session: AsyncSession, args: argparse.Namespace) -> None:
+    row = await repository.update_plan(
+        session, args.name, args.limits, _route_limits(args.route), args.active
+    )
+    print(f"updated plan {_describe_plan(row)}")
+
+
+async def keys_create(session: AsyncSession, args: argparse.Namespace) -> None:
+    key, row = await repository.create_key(session, args.plan, args.owner)
+    print(f"created key {row.public_id} for {row.owner!r} on plan {args.plan}", file=sys.stderr)
+    print("the key is shown only this once; store it now:", file=sys.stderr)
+    print(key)
+
+
+async def keys_list(session: AsyncSession, args: argparse.Namespace) -> None:
+    for row in await repository.list_keys(session, args.plan):
+        revoked = f"\trevoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
+        print(f"{row.public_id}\t{row.plan.name}\t{row.owner}\t{row.created_at:%Y-%m-%d}{revoked}")
+
+
+async def keys_revoke(session: AsyncSession, args: argparse.Namespace) -> None:
+    row = await repository.revoke_key(session, args.public_id)
+    print(f"revoked key {row.public_id} ({row.owner})")
+
+
+Command = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="{{ cookiecutter.project_slug }}", description=__doc__)
+    groups = parser.add_subparsers(dest="group", required=True)
+
+    db = groups.add_parser("db", help="database migrations").add_subparsers(required=True)
+    db.add_parser("upgrade", help="apply every migration (alembic upgrade head)").set_defaults(
+        handler=None
+    )
+
+    plans = groups.add_parser("plans", help="subscription plans").add_subparsers(required=True)
+    plans.add_parser("list", help="list plans").set_defaults(handler=plans_list)
+    create = plans.add_parser("create", help="create a plan")
+    create.add_argument("name")
+    create.add_argument("limits", help="e.g. '1000/minute;20000/day'")
+    create.add_argument("--route", action="append", help="per-route limits: /v1/items=10/minute")
+    create.set_defaults(handler=plans_create)
+    update = plans.add_parser("update", help="change a plan")
+    update.add_argument("name")
+    update.add_argument("--limits")
+    update.add_argument("--route", action="append", help="replaces all per-route limits")
+    active = update.add_mutually_exclusive_group()
+    active.add_argument("--activate", dest="active", action="store_const", const=True)
+    active.add_argument("--deactivate", dest="active", action="store_const", const=False)
+    update.set_defaults(handler=plans_update)
+
+    keys = groups.add_parser("keys", help="API keys").add_subparsers(required=True)
+    create_key = keys.add_parser("create", help="issue a key (printed once)")
+    create_key.add_argument("--plan", required=True)
+    create_key.add_argument("--owner", required=True, help="who the key is for")
+    create_key.set_defaults(handler=keys_create)
+    list_keys = keys.add_parser("list", help="list keys (never the keys themselves)")
+    list_keys.add_argument("--plan")
+    list_keys.set_defaults(handler=keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key by its public id")
+    revoke.add_argument("public_id")
+    revoke.set_defaults(handler=keys_revoke)
+    return parser
+
+
+async def run(handler: Command, args: argparse.Namespace) -> None:
+    engine = create_engine(get_settings())
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await handler(session, args)
+    finally:
+        await engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.handler is None:
+            upgrade_to_head(database_url(get_settings()))
+            print("database is at the latest migration")
+        else:
+            asyncio.run(run(args.handler, args))
+    except (ValueError, repository.NotFound) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The in-process cache of plans and API keys that every request reads.
+
+In steady state a request makes no database query: a key's grant (its hash, plan and status)
+is read once and served from memory for PLAN_CACHE_TTL_SECONDS, so a revoked key or a changed
+plan takes effect within that time, without a restart. Concurrent misses for one key share a
+single query. While the database is unreachable, entries already cached keep serving (even
+past their TTL) and only callers never seen get `PlansUnavailable` (503).
+"""
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from ..ratelimit.caller import Plan
+from . import repository
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Failures that mean "the database is unreachable", as opposed to a bug.
+DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+
+class PlansUnavailable(Exception):
+    """The database is unreachable and the answer is not cached."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("plans database unavailable")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class KeyGrant:
+    secret_hash: str
+    # None when the key is revoked or its plan deactivated: such keys are refused.
+    plan: Plan | None
+
+
+@dataclass(slots=True)
+class _Entry(Generic[T]):
+    value: T
+    fetched_at: float
+
+
+class _TTLCache(Generic[T]):
+    """A bounded map of values with their fetch time, oldest evicted first."""
+
+    def __init__(self, max_entries: int) -> None:
+        self._entries: OrderedDict[str, _Entry[T]] = OrderedDict()
+        self._max_entries = max_entries
+
+    def get(self, name: str) -> _Entry[T] | None:
+        return self._entries.get(name)
+
+    def put(self, name: str, value: T, now: float) -> None:
+        self._entries[name] = _Entry(value, now)
+        self._entries.move_to_end(name)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class PlanDirectory:
+    def __init__(
+        self,
+        sessions: async_sessionmaker,
+        ttl: float,
+        retry_interval: float = 2.0,
+        max_entries: int = 100_000,
+    ) -> None:
+        self._sessions = sessions
+        self._ttl = ttl
+        self._retry_interval = retry_interval
+        self._keys: _TTLCache[KeyGrant | None] = _TTLCache(max_entries)
+        self._plans: _TTLCache[Plan | None] = _TTLCache(max_entries)
+        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._down_until = 0.0
+
+    async def key(self, public_id: str) -> KeyGrant | None:
+        """The grant of the key with this public id; None when no such key exists."""
+        return await self._read(self._keys, "key", public_id, self._fetch_key)
+
+    async def plan(self, name: str) -> Plan | None:
+        """The active plan of this name; None when there is none."""
+        return await self._read(self._plans, "plan", name, self._fetch_plan)
+
+    async def preload(self) -> None:
+        """Read every plan now, so that first requests do not wait for the database."""
+        async with self._sessions() as session:
+            rows = await repository.list_plans(session)
+        now = time.monotonic()
+        for row in rows:
+            self._plans.put(row.name, repository.to_plan(row) if row.is_active else None, now)
+
+    def clear(self) -> None:
+        self._keys.clear()
+        self._plans.clear()
+
+    async def _fetch_key(self, public_id: str) -> KeyGrant | None:
+        async with self._sessions() as session:
+            row = await repository.find_key(session, public_id)
+        if row is None:
+            return None
+        usable = row.revoked_at is None and row.plan.is_active
+        return KeyGrant(row.secret_hash, repository.to_plan(row.plan) if usable else None)
+
+    async def _fetch_plan(self, name: str) -> Plan | None:
+        async with self._sessions() as session:
+            row = await repository.find_plan(session, name)
+        return repository.to_plan(row) if row is not None and row.is_active else None
+
+    async def _read(
+        self,
+        cache: _TTLCache[T],
+        kind: str,
+        name: str,
+        fetch: Callable[[str], Awaitable[T]],
+    ) -> T:
+        now = time.monotonic()
+        entry = cache.get(name)
+        if entry is not None and (now - entry.fetched_at < self._ttl or now < self._down_until):
+            return entry.value  # fresh, or stale while the database is known to be down
+        if now < self._down_until:
+            raise PlansUnavailable(retry_after=max(1, round(self._down_until - now)))
+        try:
+            value = await self._single_flight((kind, name), lambda: fetch(name))
+        except DATABASE_ERRORS as exc:
+            if now >= self._down_until:
+                logger.warning("Plans database unreachable (%s): serving cached plans", exc)
+            self._down_until = time.monotonic() + self._retry_interval
+            if entry is not None:
+                return entry.value
+            raise PlansUnavailable(retry_after=max(1, round(self._retry_interval))) from exc
+        cache.put(name, value, time.monotonic())
+        return value
+
+    async def _single_flight(self, flight: tuple[str, str], fetch: Callable[[], Awaitable[T]]) -> T:
+        """Run `fetch` once for concurrent callers asking for the same thing."""
+        pending = self._inflight.get(flight)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = future
+        try:
+            value = await fetch()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._inflight[flight]

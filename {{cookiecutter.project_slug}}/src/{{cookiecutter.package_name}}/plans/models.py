@@ -1,0 +1,51 @@
+"""The `plans` and `api_keys` tables. Alembic migrations (migrations/) create them."""
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, MetaData, String, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so that migrations can drop and alter them on every database.
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class PlanRow(Base):
+    __tablename__ = "plans"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Limits of every route for callers on this plan, in `limits` syntax: "1000/minute;20000/day".
+    limits: Mapped[str] = mapped_column(String(255))
+    # Per-route replacements of `limits`, by route template: {"/v1/items": "10/minute"}.
+    route_limits: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The non-secret part of the key, used to find it (and shown in logs and limiter keys).
+    public_id: Mapped[str] = mapped_column(String(16), unique=True)
+    # SHA-256 of the whole key: the key itself is never stored.
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    plan: Mapped[PlanRow] = relationship(lazy="joined")
