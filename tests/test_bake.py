@@ -1,5 +1,6 @@
 """Every answer set bakes into a clean project: rendered, linted, and shaped by its answers."""
 
+import json
 import re
 import stat
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ANSWER_SETS, bake_ok, run
+from .conftest import ANSWER_SETS, TEMPLATE, bake_ok, run
 
 UNRENDERED = re.compile(r"\{\{-?\s*cookiecutter\.|\{%-?|\{#")
 
@@ -55,7 +56,14 @@ def test_answers_shape_the_project(baked):
     policy = answers.get("redis_outage_policy", "fail-open")
     assert f"RATELIMIT_STRATEGY={strategy}\n" in env
     assert f"RATELIMIT_OUTAGE_POLICY={policy}\n" in env
-    assert f"ANONYMOUS_LIMIT={answers.get('anonymous_limit', '60/minute')}\n" in env
+    seeded = json.loads((project / "src" / package / "migrations" / "seed_plans.json").read_text())
+    default_plans = json.loads((TEMPLATE / "cookiecutter.json").read_text())["plans"]
+    # cookiecutter merges a dict given as extra context into the default dict.
+    assert seeded == {
+        "anonymous": answers.get("anonymous_limit", "60/minute"),
+        **default_plans,
+        **answers.get("plans", {}),
+    }
     assert stat.S_IMODE((project / ".env").stat().st_mode) == 0o600
 
     workflow = project / ".github" / "workflows" / "ci.yml"
@@ -72,3 +80,5 @@ def test_no_placeholder_secrets(baked):
             assert "changethis" not in text, path
             if path.name == ".env":
                 assert "__generate_secret__" not in text
+                password = re.search(r"^POSTGRES_PASSWORD=(.+)$", text, re.M | re.I)
+                assert password and len(password[1]) >= 40

@@ -1,4 +1,4 @@
-"""A baked service installs and passes its own test suite against real Redis."""
+"""A baked service installs and passes its own test suite against real Redis and Postgres."""
 
 import os
 
@@ -19,12 +19,14 @@ def test_baked_service_passes_its_own_tests(cookies, service_venv, answer_set):
     pip, python = service_venv / "bin" / "pip", service_venv / "bin" / "python"
     installed = run([str(pip), "install", "-q", "--no-deps", "-e", "."], cwd=project)
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     suite = run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=project,
         timeout=900,
-        REDIS_URL=redis_url,
+        REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        DATABASE_URL=os.environ.get(
+            "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
         PATH=f"{service_venv / 'bin'}:{os.environ['PATH']}",
     )
     assert suite.returncode == 0, suite.stdout[-6000:] + suite.stderr[-3000:]

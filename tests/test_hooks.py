@@ -47,6 +47,24 @@ def test_answer_outside_the_choices_is_refused_naming_the_field(cookies, field, 
     assert field in str(result.exception) and value in str(result.exception)
 
 
+BAD_PLANS = [
+    ({"pro": "10/fortnight"}, "plans: pro: '10/fortnight' must be one or more"),
+    ({"anonymous": "10/minute"}, "plans: 'anonymous' must be a lowercase name"),
+    ({"Pro Plan": "10/minute"}, "plans: 'Pro Plan' must be a lowercase name"),
+    ({"pro": "0/minute"}, "plans: pro: '0/minute' must be one or more"),
+]
+
+
+@pytest.mark.parametrize(
+    "plans,message", BAD_PLANS, ids=[m.split(" must")[0] for _, m in BAD_PLANS]
+)
+def test_bad_plan_seed_fails_the_hook_naming_the_plan(cookies, capfd, plans, message):
+    result = cookies.bake(extra_context={"plans": plans})
+    assert type(result.exception).__name__ == "FailedHookException"
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and message in errors[0]
+
+
 @pytest.mark.parametrize("value", ["60/minute", "10 per second;1000/day", "5/2 hours, 100/day"])
 def test_good_limits_are_accepted(cookies, value):
     bake_ok(cookies, {"anonymous_limit": value})

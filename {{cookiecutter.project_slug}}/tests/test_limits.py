@@ -64,7 +64,9 @@ async def test_key_is_the_route_template_not_the_raw_url(make_settings):
     assert other_route.status_code == 200  # a different route template has its own budget
 
 
-async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(make_settings, database_url):
+async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(
+    make_settings, database_url
+):
     await set_plan(database_url, "anonymous", "100/minute")
     async with running_client(make_settings()) as client:
         responses = [await client.post("/v1/items", json={"name": "n"}) for _ in range(12)]

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -22,8 +22,6 @@ from ..ratelimit.caller import Plan
 from . import repository
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Failures that mean "the database is unreachable", as opposed to a bug.
 DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
@@ -45,22 +43,22 @@ class KeyGrant:
 
 
 @dataclass(slots=True)
-class _Entry(Generic[T]):
-    value: T
+class _Entry:
+    value: Any  # KeyGrant | Plan | None
     fetched_at: float
 
 
-class _TTLCache(Generic[T]):
+class _TTLCache:
     """A bounded map of values with their fetch time, oldest evicted first."""
 
     def __init__(self, max_entries: int) -> None:
-        self._entries: OrderedDict[str, _Entry[T]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._max_entries = max_entries
 
-    def get(self, name: str) -> _Entry[T] | None:
+    def get(self, name: str) -> _Entry | None:
         return self._entries.get(name)
 
-    def put(self, name: str, value: T, now: float) -> None:
+    def put(self, name: str, value: Any, now: float) -> None:
         self._entries[name] = _Entry(value, now)
         self._entries.move_to_end(name)
         while len(self._entries) > self._max_entries:
@@ -81,8 +79,8 @@ class PlanDirectory:
         self._sessions = sessions
         self._ttl = ttl
         self._retry_interval = retry_interval
-        self._keys: _TTLCache[KeyGrant | None] = _TTLCache(max_entries)
-        self._plans: _TTLCache[Plan | None] = _TTLCache(max_entries)
+        self._keys = _TTLCache(max_entries)  # public id -> KeyGrant, or None: no such key
+        self._plans = _TTLCache(max_entries)  # name -> Plan, or None: no such active plan
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         self._down_until = 0.0
 
@@ -121,11 +119,11 @@ class PlanDirectory:
 
     async def _read(
         self,
-        cache: _TTLCache[T],
+        cache: _TTLCache,
         kind: str,
         name: str,
-        fetch: Callable[[str], Awaitable[T]],
-    ) -> T:
+        fetch: Callable[[str], Awaitable[Any]],
+    ) -> Any:
         now = time.monotonic()
         entry = cache.get(name)
         if entry is not None and (now - entry.fetched_at < self._ttl or now < self._down_until):
@@ -144,7 +142,9 @@ class PlanDirectory:
         cache.put(name, value, time.monotonic())
         return value
 
-    async def _single_flight(self, flight: tuple[str, str], fetch: Callable[[], Awaitable[T]]) -> T:
+    async def _single_flight(
+        self, flight: tuple[str, str], fetch: Callable[[], Awaitable[Any]]
+    ) -> Any:
         """Run `fetch` once for concurrent callers asking for the same thing."""
         pending = self._inflight.get(flight)
         if pending is not None:
