@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import stat
 import sys
 import tomllib
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from . import nginx
 from .conftest import ANSWER_SETS, TEMPLATE, bake_ok, run
+
+
+def tool(name: str) -> str:
+    """A command installed beside this interpreter (the template's venv), else on the PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name) or name
+
 
 UNRENDERED = re.compile(r"\{\{-?\s*cookiecutter\.|\{%-?|\{#")
 
@@ -82,3 +91,49 @@ def test_no_placeholder_secrets(baked):
                 assert "__generate_secret__" not in text
                 password = re.search(r"^POSTGRES_PASSWORD=(.+)$", text, re.M | re.I)
                 assert password and len(password[1]) >= 40
+
+
+def test_compose_file_matches_the_compose_spec(baked):
+    _, project = baked
+    checked = run(
+        [tool("check-jsonschema"),
+         "--builtin-schema", "vendor.compose-spec", "compose.yaml"],
+        cwd=project,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_ci_workflow_matches_the_github_workflow_schema(baked):
+    answers, project = baked
+    if answers.get("ci_provider") == "none":
+        assert not (project / ".github").exists()
+        return
+    checked = run(
+        [tool("check-jsonschema"),
+         "--builtin-schema", "vendor.github-workflows", ".github/workflows/ci.yml"],
+        cwd=project,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_dockerfile_passes_hadolint(baked):
+    _, project = baked
+    linted = run([tool("hadolint"), "Dockerfile"], cwd=project)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_nginx_config_passes_nginx_t(baked, tmp_path):
+    _, project = baked
+    values = {
+        "NGINX_PORT": "8080",
+        "NGINX_UPSTREAM_SERVERS": "server 127.0.0.1:8001; server 127.0.0.1:8002;",
+        "NGINX_RATE_PER_IP": "50r/s",
+        "NGINX_BURST_PER_IP": "100",
+        "NGINX_CONNECTIONS_PER_IP": "50",
+    }
+    config = nginx.write_config(tmp_path, project, values)
+    rendered = (tmp_path / "conf.d" / "default.conf").read_text()
+    assert not re.search(r"\$\{NGINX_[A-Z_]+\}", rendered)
+    checked = nginx.check_config(config)
+    assert checked.returncode == 0, checked.stderr
+    assert "syntax is ok" in checked.stderr
