@@ -1,0 +1,144 @@
+"""The generated service running for real on loopback: two uvicorn instances behind real nginx,
+on the shared Redis and a Postgres database of its own. Used by the end-to-end tests."""
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+
+from . import nginx
+from .conftest import run
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def psql(sql: str) -> None:
+    done = subprocess.run(
+        ["psql", ADMIN_DATABASE_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@dataclass
+class Stack:
+    project: Path
+    venv: Path
+    workdir: Path
+    nginx_values: dict[str, str]
+    app_env: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    app_urls: list[str] = field(default_factory=list)
+    nginx_url: str = ""
+    database: str = field(default_factory=lambda: f"e2e_{uuid.uuid4().hex[:12]}")
+    key_prefix: str = field(default_factory=lambda: f"e2e-{uuid.uuid4().hex[:12]}")
+
+    @property
+    def database_url(self) -> str:
+        base, _, _ = ADMIN_DATABASE_URL.rpartition("/")
+        return f"{base}/{self.database}"
+
+    def cli(self, *args: str) -> str:
+        done = run(
+            [str(self.venv / "bin" / "python"), "-m", self.project.name.replace("-", "_"), *args],
+            cwd=self.workdir,
+            DATABASE_URL=self.database_url,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def create_database(self) -> None:
+        """A database of the stack's own, migrated and seeded, before any instance starts."""
+        psql(f'CREATE DATABASE "{self.database}"')
+        self.cli("db", "upgrade")
+
+    def start(self, instances: int = 2) -> None:
+        env = {
+            **os.environ,
+            "REDIS_URL": REDIS_URL,
+            "DATABASE_URL": self.database_url,
+            "RATELIMIT_KEY_PREFIX": self.key_prefix,
+            "TRUSTED_PROXIES": "127.0.0.1",  # nginx connects from here
+            **self.app_env,
+        }
+        package = self.project.name.replace("-", "_")
+        for _ in range(instances):
+            port = free_port()
+            process = subprocess.Popen(
+                [str(self.venv / "bin" / "python"), "-m", "uvicorn", f"{package}.main:app",
+                 "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
+                 "--log-level", "warning", "--no-access-log"],
+                cwd=self.workdir,
+                env=env,
+            )  # fmt: skip
+            self.processes.append(process)
+            self.app_urls.append(f"http://127.0.0.1:{port}")
+        for url, process in zip(self.app_urls, self.processes, strict=True):
+            wait_for(f"{url}/health/live", process)
+        port = free_port()
+        servers = " ".join(f"server {url.removeprefix('http://')};" for url in self.app_urls)
+        values = {"NGINX_PORT": f"127.0.0.1:{port}", "NGINX_UPSTREAM_SERVERS": servers}
+        config = nginx.write_config(
+            self.workdir / "nginx", self.project, values | self.nginx_values
+        )
+        checked = nginx.check_config(config)
+        assert checked.returncode == 0, checked.stderr
+        process = nginx.start(config)
+        self.processes.append(process)
+        self.nginx_url = f"http://127.0.0.1:{port}"
+        wait_for(f"{self.nginx_url}/health/live", process)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.processes.clear()
+        psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        shared = redis.Redis.from_url(REDIS_URL)
+        keys = list(shared.scan_iter(match=f"{self.key_prefix}:*", count=1000))
+        if keys:
+            shared.delete(*keys)
+        shared.close()
+
+    def upstream_log(self) -> list[str]:
+        return (self.workdir / "nginx" / "access.log").read_text().splitlines()
+
+
+def client(source_ip: str = "127.0.0.1", **kwargs) -> httpx.AsyncClient:
+    """An HTTP client whose requests come from `source_ip` (any 127.x address is local)."""
+    transport = httpx.AsyncHTTPTransport(local_address=source_ip)
+    limits = httpx.Limits(max_connections=200)
+    return httpx.AsyncClient(transport=transport, timeout=30, limits=limits, **kwargs)

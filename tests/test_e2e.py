@@ -1,0 +1,152 @@
+"""End to end on loopback: real nginx in front of two real instances of a baked service, real
+Redis and Postgres, migrations applied. Requests come from distinct 127.x addresses, so each
+test is a different client to nginx and to the app."""
+
+import asyncio
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEMPLATE, run
+from .stack import Stack, client
+
+NGINX_GUARD = {
+    "NGINX_RATE_PER_IP": "20r/s",
+    "NGINX_BURST_PER_IP": "20",
+    "NGINX_CONNECTIONS_PER_IP": "200",
+}
+PLANS = {"anonymous": "3/minute", "pro": "40/minute", "enterprise": "100000/minute"}
+
+
+@pytest.fixture(scope="module")
+def stack(service_venv, tmp_path_factory):
+    from cookiecutter.main import cookiecutter
+
+    workdir = tmp_path_factory.mktemp("e2e")
+    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir / "bake")))
+    installed = run(
+        [str(service_venv / "bin" / "pip"), "install", "-q", "--no-deps", "-e", "."], cwd=project
+    )
+    assert installed.returncode == 0, installed.stderr
+    stack = Stack(project, service_venv, workdir, nginx_values=NGINX_GUARD)
+    try:
+        stack.create_database()
+        for plan, limits in PLANS.items():
+            stack.cli("plans", "update", plan, "--limits", limits)
+        stack.start(instances=2)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def key_for(stack: Stack, plan: str) -> str:
+    return stack.cli("keys", "create", "--plan", plan, "--owner", "e2e").splitlines()[-1]
+
+
+def served_by(stack: Stack, source_ip: str) -> Counter:
+    """Which upstream answered each request from `source_ip` ("-": nginx itself)."""
+    pattern = re.compile(rf'^{re.escape(source_ip)} (\d+) "([^"]*)"')
+    return Counter(m[2] for line in stack.upstream_log() if (m := pattern.match(line)))
+
+
+def test_health_through_nginx_is_never_limited(stack):
+    async def probe():
+        async with client("127.0.0.10") as http:
+            return await asyncio.gather(
+                *(http.get(f"{stack.nginx_url}/health/{kind}") for kind in ["live", "ready"] * 100)
+            )
+
+    responses = asyncio.run(probe())
+    assert Counter(r.status_code for r in responses) == {200: 200}
+
+
+def test_one_key_over_both_instances_gets_exactly_its_plan(stack):
+    key = key_for(stack, "pro")
+
+    async def spread():
+        # 10 addresses x 10 requests: under nginx's per-IP guard, so only the plan decides.
+        async def from_ip(n: int):
+            async with client(f"127.0.1.{n}") as http:
+                return await asyncio.gather(
+                    *(
+                        http.get(f"{stack.nginx_url}/v1/items", headers={"X-API-Key": key})
+                        for _ in range(10)
+                    )
+                )
+
+        return [
+            r for batch in await asyncio.gather(*(from_ip(n) for n in range(1, 11))) for r in batch
+        ]
+
+    responses = asyncio.run(spread())
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: 40, 429: 60}
+    assert all(r.headers["ratelimit-policy"] == '"pro";q=40;w=60' for r in responses)
+    upstreams = sum((served_by(stack, f"127.0.1.{n}") for n in range(1, 11)), Counter())
+    assert set(upstreams) == {url.removeprefix("http://") for url in stack.app_urls}
+    assert min(upstreams.values()) >= 20, upstreams  # both instances took their share
+
+
+def test_a_burst_from_one_address_is_refused_by_nginx_before_the_app(stack):
+    key = key_for(stack, "enterprise")  # the plan is far above the burst: only nginx refuses
+
+    async def burst():
+        async with client("127.0.0.20") as http:
+            return await asyncio.gather(
+                *(
+                    http.get(f"{stack.nginx_url}/v1/items", headers={"X-API-Key": key})
+                    for _ in range(150)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    by_nginx = [r for r in responses if "ratelimit-policy" not in r.headers]
+    by_app = [r for r in responses if "ratelimit-policy" in r.headers]
+    assert by_nginx and all(r.status_code == 429 for r in by_nginx)
+    assert by_nginx[0].headers["content-type"] == "application/problem+json"
+    assert by_nginx[0].headers["retry-after"] == "1"
+    assert by_nginx[0].json()["detail"] == "Too many requests from this address."
+    assert {r.status_code for r in by_app} == {200}
+    # nginx answered those itself: no upstream for them in its log.
+    assert served_by(stack, "127.0.0.20")["-"] == len(by_nginx)
+
+
+def test_the_app_sees_each_client_address_not_nginx(stack):
+    async def three_clients():
+        results = {}
+        for ip in ["127.0.0.31", "127.0.0.32", "127.0.0.33"]:
+            async with client(ip) as http:
+                results[ip] = [
+                    (await http.get(f"{stack.nginx_url}/v1/items")).status_code for _ in range(4)
+                ]
+        return results
+
+    results = asyncio.run(three_clients())
+    # Anonymous plan 3/minute per client address: each address has its own budget.
+    assert results == {ip: [200, 200, 200, 429] for ip in results}
+
+
+def test_a_forged_forwarded_for_does_not_escape_the_budget(stack):
+    async def forged():
+        async with client("127.0.0.40") as http:
+            return [
+                (
+                    await http.get(
+                        f"{stack.nginx_url}/v1/items",
+                        headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                    )
+                ).status_code
+                for n in range(6)
+            ]
+
+    assert asyncio.run(forged()) == [200, 200, 200, 429, 429, 429]
+
+
+def test_metrics_are_not_public_through_nginx(stack):
+    async def get():
+        async with client("127.0.0.50") as http:
+            return await http.get(f"{stack.nginx_url}/metrics")
+
+    assert asyncio.run(get()).status_code == 404
