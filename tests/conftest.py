@@ -80,7 +80,14 @@ def service_venv(tmp_path_factory) -> Path:
         bake_dir = tmp_path_factory.mktemp("venv-bake")
         project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(bake_dir)))
         done = run(
-            [str(path / "bin" / "pip"), "install", "-q", "-c", "constraints.txt", ".[dev]"],
+            [
+                str(path / "bin" / "pip"),
+                "install",
+                "-q",
+                "-c",
+                "constraints.txt",
+                ".[dev,loadtest]",
+            ],
             cwd=project,
         )
         assert done.returncode == 0, done.stdout + done.stderr

@@ -5,6 +5,8 @@ test is a different client to nginx and to the app."""
 import asyncio
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,20 +19,30 @@ NGINX_GUARD = {
     "NGINX_BURST_PER_IP": "20",
     "NGINX_CONNECTIONS_PER_IP": "200",
 }
-PLANS = {"anonymous": "3/minute", "pro": "40/minute", "enterprise": "100000/minute"}
+PLANS = {
+    "anonymous": "3/minute",
+    "free": "20/minute",
+    "pro": "40/minute",
+    "enterprise": "100000/minute",
+}
 
 
 @pytest.fixture(scope="module")
-def stack(service_venv, tmp_path_factory):
+def project(service_venv, tmp_path_factory) -> Path:
     from cookiecutter.main import cookiecutter
 
-    workdir = tmp_path_factory.mktemp("e2e")
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir / "bake")))
-    installed = run(
-        [str(service_venv / "bin" / "pip"), "install", "-q", "--no-deps", "-e", "."], cwd=project
-    )
+    bake_dir = tmp_path_factory.mktemp("e2e-bake")
+    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(bake_dir)))
+    pip = str(service_venv / "bin" / "pip")
+    installed = run([pip, "install", "-q", "--no-deps", "-e", "."], cwd=project)
     assert installed.returncode == 0, installed.stderr
-    stack = Stack(project, service_venv, workdir, nginx_values=NGINX_GUARD)
+    return project
+
+
+@contextmanager
+def running_stack(project: Path, venv: Path, workdir: Path, **app_env: str) -> Iterator[Stack]:
+    """Two instances behind nginx, on a database of their own with the PLANS limits."""
+    stack = Stack(project, venv, workdir, nginx_values=NGINX_GUARD, app_env=app_env)
     try:
         stack.create_database()
         for plan, limits in PLANS.items():
@@ -39,6 +51,26 @@ def stack(service_venv, tmp_path_factory):
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
+    with running_stack(project, service_venv, tmp_path_factory.mktemp("e2e")) as stack:
+        yield stack
+
+
+def run_locust(stack: Stack, report_dir: Path, duration: str = "15s"):
+    """The service's own load-test script, headless, with two free and two pro keys."""
+    keys = report_dir / "keys.json"
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    keys.write_text(stack.cli("loadtest", "provision", "free=2", "pro=2"))
+    python = str(stack.venv / "bin" / "python")
+    return run(
+        [python, "loadtests/run.py", "--host", stack.nginx_url, "--duration", duration,
+         "--keys-file", str(keys), "--report-dir", str(report_dir)],
+        cwd=stack.project,
+        timeout=180,
+    )  # fmt: skip
 
 
 def key_for(stack: Stack, plan: str) -> str:
@@ -150,3 +182,27 @@ def test_metrics_are_not_public_through_nginx(stack):
             return await http.get(f"{stack.nginx_url}/metrics")
 
     assert asyncio.run(get()).status_code == 404
+
+
+def test_locust_run_through_nginx_says_the_limits_held(stack, tmp_path):
+    result = run_locust(stack, tmp_path / "report")
+    print(result.stdout[-4000:])  # the verdict table, for the record
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "PASS: the limits held" in result.stdout
+    assert (tmp_path / "report" / "report.html").exists()
+    assert (tmp_path / "report" / "stats_stats.csv").exists()
+    # Every plan took part, and some callers did reach their limit.
+    assert re.search(r"^free:\w+ +/v1/items +free +20/60s", result.stdout, re.M)
+    assert re.search(r"^pro:\w+ +/v1/items +pro +40/60s", result.stdout, re.M)
+
+
+def test_locust_verdict_fails_when_instances_count_separately(project, service_venv, tmp_path):
+    # Misconfigured on purpose: no REDIS_URL, so each instance keeps its own in-memory counts
+    # and two instances grant twice the budget. The verdict must catch it.
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    with running_stack(project, service_venv, workdir, REDIS_URL="") as broken:
+        result = run_locust(broken, tmp_path / "report")
+    print(result.stdout[-4000:])
+    assert result.returncode != 0
+    assert "FAIL" in result.stdout and "admitted within 60s" in result.stdout

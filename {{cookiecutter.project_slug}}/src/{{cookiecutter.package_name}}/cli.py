@@ -5,6 +5,7 @@ Every command runs in one transaction: bad input prints one line, exits 2 and wr
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -69,6 +70,30 @@ async def keys_revoke(session: AsyncSession, args: argparse.Namespace) -> None:
     print(f"revoked key {row.public_id} ({row.owner})")
 
 
+# Owner of the keys the load test creates, so that `loadtest cleanup` revokes exactly those.
+LOADTEST_OWNER = "loadtest"
+
+
+async def loadtest_provision(session: AsyncSession, args: argparse.Namespace) -> None:
+    counts = {}
+    for spec in args.plans:
+        plan, _, count = spec.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{spec!r} must look like pro=2")
+        counts[plan] = int(count)
+    keys: dict[str, list[str]] = {}
+    for plan, count in counts.items():
+        keys[plan] = []
+        for _ in range(count):
+            key, _row = await repository.create_key(session, plan, LOADTEST_OWNER)
+            keys[plan].append(key)
+    print(json.dumps(keys))
+
+
+async def loadtest_cleanup(session: AsyncSession, args: argparse.Namespace) -> None:
+    print(f"revoked {await repository.revoke_keys_of(session, LOADTEST_OWNER)} load-test keys")
+
+
 Command = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
 
 
@@ -108,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by its public id")
     revoke.add_argument("public_id")
     revoke.set_defaults(handler=keys_revoke)
+
+    loadtest = groups.add_parser("loadtest", help="keys for loadtests/").add_subparsers(
+        required=True
+    )
+    provision = loadtest.add_parser("provision", help="create keys, print them as JSON")
+    provision.add_argument("plans", nargs="+", metavar="PLAN=COUNT")
+    provision.set_defaults(handler=loadtest_provision)
+    loadtest.add_parser("cleanup", help="revoke every load-test key").set_defaults(
+        handler=loadtest_cleanup
+    )
     return parser
 
 

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..ratelimit.caller import Plan, parse_limits
@@ -108,3 +108,13 @@ async def revoke_key(session: AsyncSession, public_id: str) -> ApiKeyRow:
         row.revoked_at = datetime.now(UTC)
         await session.flush()
     return row
+
+
+async def revoke_keys_of(session: AsyncSession, owner: str) -> int:
+    """Revoke every live key of `owner`; how many there were."""
+    result = await session.execute(
+        update(ApiKeyRow)
+        .where(ApiKeyRow.owner == owner, ApiKeyRow.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return result.rowcount

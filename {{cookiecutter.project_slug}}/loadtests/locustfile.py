@@ -1,0 +1,128 @@
+"""Load test: users per plan, each with its own API key, and a verdict on whether limits held.
+
+    python loadtests/run.py --host https://staging.example.com --duration 2m   # see its --help
+
+Settings (environment variables, so the same file serves laptops, compose and staging):
+- LOADTEST_KEYS_FILE: JSON {"plan": ["key", ...]} (`loadtest provision` writes it); one locust
+  user per key, so every key is a caller of its own.
+- LOADTEST_ANONYMOUS_USERS (2), LOADTEST_HEALTH_USERS (1): users without a key.
+- LOADTEST_RPS_PER_USER (2): the pace of each user.
+- LOADTEST_STRATEGY (the service's default): the algorithm, for its documented slack.
+- LOADTEST_MAX_RETRY_AFTER (5): users honour Retry-After, waiting at most this many seconds.
+- LOADTEST_FALSE_REFUSAL_TOLERANCE (0): 429s under the quota accepted before failing.
+"""
+
+import json
+import os
+import random
+from pathlib import Path
+
+import gevent
+from locust import HttpUser, constant_throughput, events, task
+
+from verdict import Verdict  # beside this file: locust puts its directory on sys.path
+
+KEYS_FILE = os.environ.get("LOADTEST_KEYS_FILE", str(Path(__file__).with_name("keys.json")))
+ANONYMOUS_USERS = int(os.environ.get("LOADTEST_ANONYMOUS_USERS", "2"))
+HEALTH_USERS = int(os.environ.get("LOADTEST_HEALTH_USERS", "1"))
+RPS_PER_USER = float(os.environ.get("LOADTEST_RPS_PER_USER", "2"))
+MAX_RETRY_AFTER = float(os.environ.get("LOADTEST_MAX_RETRY_AFTER", "5"))
+
+KEYS: dict[str, list[str]] = (
+    json.loads(Path(KEYS_FILE).read_text()) if Path(KEYS_FILE).exists() else {}
+)
+VERDICT = Verdict(
+    strategy=os.environ.get("LOADTEST_STRATEGY", "{{ cookiecutter.ratelimit_strategy }}"),
+    false_refusal_tolerance=int(os.environ.get("LOADTEST_FALSE_REFUSAL_TOLERANCE", "0")),
+    concurrency={"anonymous": max(1, ANONYMOUS_USERS)},
+)
+
+
+@events.request.add_listener
+def judge(name, response, context, start_time, response_time, exception, **_):
+    status = getattr(response, "status_code", None) or None  # 0 or None: no response at all
+    if context.get("health"):
+        VERDICT.record_health(status)
+        return
+    at = start_time + response_time / 2000  # the middle of the exchange: when it was decided
+    headers = {k.lower(): v for k, v in response.headers.items()} if response is not None else {}
+    VERDICT.record(context["caller"], name, at, status, headers)
+
+
+@events.quitting.add_listener
+def announce(environment, **_):
+    print(VERDICT.table(), flush=True)
+    if VERDICT.failures():
+        environment.process_exit_code = 1
+
+
+class ServiceUser(HttpUser):
+    abstract = True
+    wait_time = constant_throughput(RPS_PER_USER)
+    caller = "anonymous"
+    api_key: str | None = None
+
+    def context(self) -> dict:
+        return {"caller": self.caller}
+
+    def _call(self, method: str, path: str, name: str, **kwargs) -> None:
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        with self.client.request(
+            method, path, name=name, headers=headers, catch_response=True, **kwargs
+        ) as response:
+            if response.status_code == 429:
+                response.success()  # an expected answer; the verdict judges it
+                retry_after = response.headers.get("Retry-After", "1")
+                wait = float(retry_after) if retry_after.isdigit() else 1.0
+                gevent.sleep(min(wait, MAX_RETRY_AFTER))
+            elif response.status_code in (200, 201, 404):
+                response.success()
+
+    @task(6)
+    def list_items(self) -> None:
+        self._call("GET", "/v1/items", "/v1/items")
+
+    @task(3)
+    def get_item(self) -> None:
+        self._call("GET", f"/v1/items/{random.randint(1, 50)}", "/v1/items/{item_id}")
+
+    @task(1)
+    def create_item(self) -> None:
+        # Same route template as the list: the plan's budget for it is shared, as in the app.
+        self._call("POST", "/v1/items", "/v1/items", json={"name": "load test"})
+
+
+class AnonymousUser(ServiceUser):
+    fixed_count = ANONYMOUS_USERS
+
+
+class HealthProbe(HttpUser):
+    fixed_count = HEALTH_USERS
+    wait_time = constant_throughput(2)
+
+    @task
+    def probe(self) -> None:
+        with self.client.get("/health/live", context={"health": True}, catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"health answered {r.status_code}")
+
+
+def _keyed_user(plan: str, keys: list[str]) -> type[ServiceUser]:
+    pool = list(keys)
+
+    def on_start(self) -> None:
+        self.api_key = pool.pop()
+        self.caller = f"{plan}:{self.api_key.split('_')[1]}"  # the public id, never the secret
+
+    return type(
+        f"{plan.title().replace('-', '').replace('_', '')}User",
+        (ServiceUser,),
+        {"fixed_count": len(keys), "on_start": on_start, "__module__": __name__},
+    )
+
+
+# One user class per plan in the keys file, one user per key. (Locust collects every User
+# class in this module's namespace, so each is bound once, under its own name.)
+globals().update(
+    {cls.__name__: cls for cls in (_keyed_user(plan, keys) for plan, keys in KEYS.items() if keys)}
+)

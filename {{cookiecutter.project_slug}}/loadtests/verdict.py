@@ -1,0 +1,223 @@
+"""Did the limits hold? Judges what a load test saw, response by response.
+
+Pure Python, no locust import: the locustfile feeds it, the unit tests feed it recorded events.
+Each response is attributed to a caller (an API key, or "anonymous": all anonymous users share
+the load generator's address), a route template and the policies its RateLimit-Policy header
+lists. A run fails when:
+
+- overshoot: a caller was admitted more than a policy's quota within one window, allowing the
+  algorithm's documented slack (fixed-window admits up to 2x across a window edge);
+- false refusal: a caller got a 429 although it had been admitted less than the quota (minus
+  its own concurrency) in the window before, more often than the stated tolerance;
+- a health probe failed or was refused, or the service answered a 5xx;
+- a 429 lacked Retry-After or the quota headers;
+- the quota headers contradicted themselves: remaining going up while the reset time stays the
+  same, or a reset time in the past.
+
+Times are the client's; `clock_tolerance` absorbs the latency between the server's decision and
+what the client measured.
+"""
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# How far each algorithm may exceed the quota within one window (the `limits` library docs).
+SLACK = {"moving-window": 1.0, "sliding-window-counter": 2.0, "fixed-window": 2.0}
+
+_POLICY_RE = re.compile(r'^\s*"([^"]*)"((?:;\s*[a-z]+=[^;,]*)*)\s*$')
+_QUOTA_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "ratelimit")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    quota: int
+    window: int
+
+
+def _params(text: str) -> dict[str, str]:
+    return dict(part.strip().split("=", 1) for part in text.split(";") if "=" in part)
+
+
+def parse_policies(header: str) -> list[Policy]:
+    """`"pro";q=1000;w=60, "daily";q=5000;w=86400` -> policies; malformed items are skipped."""
+    policies = []
+    for item in header.split(","):
+        match = _POLICY_RE.match(item)
+        if match:
+            params = _params(match[2])
+            if params.get("q", "").isdigit() and params.get("w", "").isdigit():
+                policies.append(Policy(match[1], int(params["q"]), int(params["w"])))
+    return policies
+
+
+def parse_ratelimit(header: str) -> tuple[str, int, int] | None:
+    """`"pro";r=0;t=17` -> ("pro", 0, 17)."""
+    match = _POLICY_RE.match(header)
+    if not match:
+        return None
+    params = _params(match[2])
+    if not (params.get("r", "").isdigit() and params.get("t", "").isdigit()):
+        return None
+    return match[1], int(params["r"]), int(params["t"])
+
+
+@dataclass(slots=True)
+class _Series:
+    """What one caller saw on one route under one policy."""
+
+    policy: Policy
+    admitted: list[float] = field(default_factory=list)
+    refused: int = 0
+
+
+@dataclass
+class Verdict:
+    strategy: str = "moving-window"
+    clock_tolerance: float = 1.0
+    false_refusal_tolerance: int = 0
+    # Requests a caller may have in flight at once (anonymous users share one budget).
+    concurrency: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._refusals: list[tuple[str, str, str, float]] = []
+        self._last_quota: dict[tuple[str, str], tuple[str, int, int]] = {}
+        self.problems: list[str] = []
+        self.health = {"ok": 0, "failed": 0}
+
+    def record_health(self, status: int | None) -> None:
+        if status == 200:
+            self.health["ok"] += 1
+        else:
+            self.health["failed"] += 1
+            self.problems.append(f"health probe answered {status or 'no response'}")
+
+    def record(
+        self, caller: str, route: str, at: float, status: int | None, headers: Mapping[str, str]
+    ) -> None:
+        """One response (`headers` with lower-case names); `status` None for a failed request."""
+        if status is None:
+            return  # transport errors are locust's own failures, not a verdict on limits
+        if status >= 500:
+            self.problems.append(f"{caller} {route}: the service answered {status}")
+        policies = parse_policies(headers.get("ratelimit-policy", ""))
+        if status == 429:
+            self._check_refusal(caller, route, at, headers)
+        for policy in policies:
+            series = self._series.setdefault((caller, route, policy.name), _Series(policy))
+            if status == 429:
+                series.refused += 1
+            else:
+                series.admitted.append(at)
+        if status != 429 and policies:
+            self._check_quota_headers(caller, route, at, headers)
+
+    def _check_refusal(
+        self, caller: str, route: str, at: float, headers: Mapping[str, str]
+    ) -> None:
+        missing = [name for name in ("retry-after", *_QUOTA_HEADERS) if name not in headers]
+        if missing:
+            self.problems.append(f"{caller} {route}: 429 without {', '.join(missing)}")
+            return
+        if not headers["retry-after"].isdigit():
+            self.problems.append(f"{caller} {route}: Retry-After {headers['retry-after']!r}")
+        binding = parse_ratelimit(headers["ratelimit"])
+        if binding is not None:
+            self._refusals.append((caller, route, binding[0], at))
+
+    def _check_quota_headers(
+        self, caller: str, route: str, at: float, headers: Mapping[str, str]
+    ) -> None:
+        if any(name not in headers for name in _QUOTA_HEADERS):
+            self.problems.append(f"{caller} {route}: admitted response without quota headers")
+            return
+        remaining, reset = headers["x-ratelimit-remaining"], headers["x-ratelimit-reset"]
+        if not (remaining.isdigit() and reset.isdigit()):
+            self.problems.append(f"{caller} {route}: quota headers {remaining!r}, {reset!r}")
+            return
+        if int(reset) < at - self.clock_tolerance:
+            self.problems.append(f"{caller} {route}: X-RateLimit-Reset {reset} is in the past")
+        binding = parse_ratelimit(headers["ratelimit"])
+        if binding is None or self.concurrency.get(caller, 1) > 1:
+            return  # out-of-order answers are normal when a caller has several in flight
+        current = (binding[0], int(reset), int(remaining))
+        previous = self._last_quota.get((caller, route))
+        if previous and previous[:2] == current[:2] and current[2] > previous[2]:
+            self.problems.append(
+                f"{caller} {route}: remaining went up from {previous[2]} to {current[2]} "
+                f"within the window ending {reset}"
+            )
+        self._last_quota[(caller, route)] = current
+
+    def _max_in_window(self, times: list[float], window: float) -> int:
+        span = window - self.clock_tolerance
+        times = sorted(times)
+        return max((bisect_right(times, t + span) - i for i, t in enumerate(times)), default=0)
+
+    def _admitted_before(self, caller: str, policy_name: str, at: float, window: float) -> int:
+        """Admitted under this policy in the window before `at`, over every route (generous)."""
+        start = at - window - self.clock_tolerance
+        count = 0
+        for (who, _, name), series in self._series.items():
+            if who == caller and name == policy_name:
+                times = sorted(series.admitted)
+                count += bisect_left(times, at) - bisect_left(times, start)
+        return count
+
+    def failures(self) -> list[str]:
+        """Every reason the run failed; empty when the limits held."""
+        found = list(self.problems)
+        slack = SLACK.get(self.strategy, 1.0)
+        for (caller, route, name), series in sorted(self._series.items()):
+            peak = self._max_in_window(series.admitted, series.policy.window)
+            if peak > series.policy.quota * slack:
+                found.append(
+                    f"{caller} {route}: {peak} admitted within {series.policy.window}s "
+                    f"under {name} (quota {series.policy.quota})"
+                )
+        false_refusals = []
+        for caller, route, name, at in self._refusals:
+            policy = next(
+                (s.policy for (c, _, n), s in self._series.items() if c == caller and n == name),
+                None,
+            )
+            if policy is None:
+                continue
+            admitted = self._admitted_before(caller, name, at, policy.window)
+            if admitted < policy.quota - self.concurrency.get(caller, 1):
+                false_refusals.append(
+                    f"{caller} {route}: refused under {name} after only {admitted} of "
+                    f"{policy.quota} admitted"
+                )
+        if len(false_refusals) > self.false_refusal_tolerance:
+            found.extend(false_refusals)
+        return found
+
+    def table(self) -> str:
+        """A readable summary: one row per caller, route and policy."""
+        rows = [("caller", "route", "policy", "quota/window", "admitted", "refused", "peak")]
+        for (caller, route, name), series in sorted(self._series.items()):
+            policy = series.policy
+            rows.append(
+                (
+                    caller,
+                    route,
+                    name,
+                    f"{policy.quota}/{policy.window}s",
+                    str(len(series.admitted)),
+                    str(series.refused),
+                    str(self._max_in_window(series.admitted, policy.window)),
+                )
+            )
+        rows.append(("health", "/health/live", "-", "-", str(self.health["ok"]), "-", "-"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = [
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+            for row in rows
+        ]
+        failures = self.failures()
+        verdict = "PASS: the limits held" if not failures else "FAIL:\n  " + "\n  ".join(failures)
+        return "\n".join([*lines, "", verdict])

@@ -1,0 +1,128 @@
+"""The load test's verdict on recorded event sequences: each kind of breach fails the run."""
+
+from loadtests.verdict import Verdict, parse_policies, parse_ratelimit
+
+
+def quota(policy: str, q: int, w: int, remaining: int, reset_in: int, now: float) -> dict:
+    return {
+        "ratelimit-policy": f'"{policy}";q={q};w={w}',
+        "ratelimit": f'"{policy}";r={remaining};t={reset_in}',
+        "x-ratelimit-limit": str(q),
+        "x-ratelimit-remaining": str(remaining),
+        "x-ratelimit-reset": str(int(now) + reset_in),
+    }
+
+
+def refused(policy: str, q: int, w: int, now: float, reset_in: int = 30) -> dict:
+    return {**quota(policy, q, w, 0, reset_in, now), "retry-after": str(reset_in)}
+
+
+def clean_run(verdict: Verdict, now: float = 1_000_000.0) -> float:
+    """5 admitted then 2 refused for a 5/60s key, and healthy probes."""
+    for n in range(5):
+        verdict.record("pro:a", "/v1/items", now + n, 200, quota("pro", 5, 60, 4 - n, 60 - n, now))
+    for n in range(5, 7):
+        verdict.record("pro:a", "/v1/items", now + n, 429, refused("pro", 5, 60, now + n))
+    verdict.record_health(200)
+    return now
+
+
+def test_a_clean_run_passes():
+    verdict = Verdict()
+    clean_run(verdict)
+    assert verdict.failures() == []
+    assert verdict.table().endswith("PASS: the limits held")
+
+
+def test_an_overshoot_fails():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    # Two instances counting separately: 5 more admitted within the same minute.
+    for n in range(10, 15):
+        verdict.record("pro:a", "/v1/items", now + n, 200, quota("pro", 5, 60, 4, 60, now + n))
+    failures = verdict.failures()
+    assert any("10 admitted within 60s under pro (quota 5)" in f for f in failures)
+    assert "FAIL" in verdict.table()
+
+
+def test_fixed_window_is_allowed_its_documented_burst_at_the_edge():
+    verdict = Verdict(strategy="fixed-window")
+    now = 1_000_000.0
+    for n in range(10):  # 5 at the end of one window, 5 at the start of the next
+        verdict.record("pro:a", "/v1/items", now + n, 200, quota("pro", 5, 60, 0, 60, now + n))
+    assert verdict.failures() == []
+    verdict.record("pro:a", "/v1/items", now + 11, 200, quota("pro", 5, 60, 0, 60, now + 11))
+    assert verdict.failures()
+
+
+def test_a_false_429_fails():
+    verdict = Verdict()
+    now = 1_000_000.0
+    verdict.record("pro:a", "/v1/items", now, 200, quota("pro", 5, 60, 4, 60, now))
+    verdict.record("pro:a", "/v1/items", now + 1, 429, refused("pro", 5, 60, now + 1))
+    assert any("refused under pro after only 1 of 5 admitted" in f for f in verdict.failures())
+    tolerant = Verdict(false_refusal_tolerance=1)
+    tolerant.record("pro:a", "/v1/items", now, 200, quota("pro", 5, 60, 4, 60, now))
+    tolerant.record("pro:a", "/v1/items", now + 1, 429, refused("pro", 5, 60, now + 1))
+    assert tolerant.failures() == []
+
+
+def test_a_429_without_retry_after_fails():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    headers = refused("pro", 5, 60, now + 8)
+    del headers["retry-after"]
+    verdict.record("pro:a", "/v1/items", now + 8, 429, headers)
+    assert verdict.failures() == ["pro:a /v1/items: 429 without retry-after"]
+
+
+def test_a_429_without_quota_headers_fails():
+    verdict = Verdict()
+    verdict.record("anonymous", "/v1/items", 1.0, 429, {"retry-after": "1"})
+    failures = verdict.failures()
+    assert len(failures) == 1 and "429 without x-ratelimit-limit" in failures[0]
+
+
+def test_remaining_going_up_within_a_window_fails():
+    verdict = Verdict()
+    now = 1_000_000.0
+    verdict.record("pro:a", "/v1/items", now, 200, quota("pro", 5, 60, 3, 60, now))
+    verdict.record("pro:a", "/v1/items", now, 200, quota("pro", 5, 60, 4, 60, now))
+    assert any("remaining went up from 3 to 4" in f for f in verdict.failures())
+
+
+def test_a_reset_in_the_past_fails():
+    verdict = Verdict()
+    now = 1_000_000.0
+    headers = quota("pro", 5, 60, 4, 60, now)
+    headers["x-ratelimit-reset"] = str(int(now) - 30)
+    verdict.record("pro:a", "/v1/items", now, 200, headers)
+    assert any("is in the past" in f for f in verdict.failures())
+
+
+def test_a_refused_or_failed_health_probe_fails():
+    verdict = Verdict()
+    clean_run(verdict)
+    verdict.record_health(429)
+    verdict.record_health(None)
+    assert verdict.failures() == [
+        "health probe answered 429",
+        "health probe answered no response",
+    ]
+
+
+def test_a_server_error_fails():
+    verdict = Verdict()
+    verdict.record("anonymous", "/v1/items", 1.0, 500, {})
+    assert verdict.failures() == ["anonymous /v1/items: the service answered 500"]
+
+
+def test_header_parsing():
+    assert [
+        (p.name, p.quota, p.window) for p in parse_policies('"pro";q=10;w=60, "x";q=1;w=1')
+    ] == [
+        ("pro", 10, 60),
+        ("x", 1, 1),
+    ]
+    assert parse_ratelimit('"pro";r=0;t=17') == ("pro", 0, 17)
+    assert parse_policies("garbage") == [] and parse_ratelimit("garbage") is None
