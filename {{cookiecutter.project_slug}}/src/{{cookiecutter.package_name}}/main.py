@@ -6,12 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from .access_log import install_access_log_filter
 from .api.routes import health, items
 from .database import create_engine, database_url, is_embedded, session_factory
 from .migrations import upgrade_to_head
+from .observability import metrics
+from .observability.logs import configure_logging
+from .observability.middleware import RequestContextMiddleware
 from .plans.directory import DATABASE_ERRORS, PlanDirectory
 from .plans.resolver import CallerResolver
 from .ratelimit import limiter
@@ -25,9 +28,21 @@ from .settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
+# Response headers a browser script may read when CORS is on: the quota and the request id.
+EXPOSED_HEADERS = [
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "X-Request-ID",
+]
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
     engine = create_engine(settings)
     directory = PlanDirectory(
         session_factory(engine),
@@ -58,10 +73,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await engine.dispose()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title=settings.app_name,
         lifespan=lifespan,
         dependencies=[Depends(enforce_rate_limits)],
+        max_body_size=settings.max_body_size_bytes,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.db_engine = engine
@@ -71,15 +91,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ratelimit_rules.check_declarations()
 
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(items.router)
 
     app.add_exception_handler(RateLimited, rate_limited_handler)
     app.add_exception_handler(StorageUnavailable, storage_unavailable_handler)
+    # Middleware runs in the reverse order of addition: proxy headers, request id, CORS,
+    # then the caller (so 401s and 429s carry the request id and CORS headers).
     app.add_middleware(RateLimitMiddleware, resolver=CallerResolver(directory))
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.add_middleware(RequestContextMiddleware)
     if settings.trusted_proxies:
-        # Added last, so it runs first: the caller is then resolved from the real address.
+        # The real client address, before anything reads it.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    install_access_log_filter()
     return app
 
 

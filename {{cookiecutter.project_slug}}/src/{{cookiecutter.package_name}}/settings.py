@@ -20,6 +20,14 @@ class Settings(BaseSettings):
 
     # Name shown in logs and the OpenAPI document.
     app_name: str = "{{ cookiecutter.project_name }}"
+    # Level of the JSON logs on stderr.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Serve /docs, /redoc and /openapi.json. Turn off where the API description is not public.
+    docs_enabled: bool = True
+    # Origins allowed to call the API from a browser (CORS), comma-separated. Empty: CORS off.
+    cors_origins: Annotated[list[str], NoDecode] = []
+    # Largest request body accepted (413 above). nginx caps bodies at 1 MB in front as well.
+    max_body_size_bytes: int = Field(default=1_048_576, ge=0)
 
     # Shared limit storage. Unset means in-memory limits, which are per process: fine for a
     # laptop, wrong behind a load balancer (every instance would grant the full limit).
@@ -62,6 +70,13 @@ class Settings(BaseSettings):
     # header is ignored from anyone else, so a client cannot pick its own rate-limit identity.
     # Comma-separated, e.g. "10.0.0.0/8,172.16.0.0/12". Empty: no proxy is trusted.
     trusted_proxies: Annotated[list[str], NoDecode] = []
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from ..observability.metrics import PLAN_CACHE
 from ..ratelimit.caller import Plan
 from . import repository
 
@@ -126,10 +127,15 @@ class PlanDirectory:
     ) -> Any:
         now = time.monotonic()
         entry = cache.get(name)
-        if entry is not None and (now - entry.fetched_at < self._ttl or now < self._down_until):
-            return entry.value  # fresh, or stale while the database is known to be down
+        if entry is not None and now - entry.fetched_at < self._ttl:
+            PLAN_CACHE.labels("hit").inc()
+            return entry.value
+        if entry is not None and now < self._down_until:
+            PLAN_CACHE.labels("stale").inc()
+            return entry.value  # stale, while the database is known to be down
         if now < self._down_until:
             raise PlansUnavailable(retry_after=max(1, round(self._down_until - now)))
+        PLAN_CACHE.labels("miss").inc()
         try:
             value = await self._single_flight((kind, name), lambda: fetch(name))
         except DATABASE_ERRORS as exc:
@@ -137,6 +143,7 @@ class PlanDirectory:
                 logger.warning("Plans database unreachable (%s): serving cached plans", exc)
             self._down_until = time.monotonic() + self._retry_interval
             if entry is not None:
+                PLAN_CACHE.labels("stale").inc()
                 return entry.value
             raise PlansUnavailable(retry_after=max(1, round(self._retry_interval))) from exc
         cache.put(name, value, time.monotonic())

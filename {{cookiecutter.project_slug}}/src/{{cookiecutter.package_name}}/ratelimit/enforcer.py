@@ -15,6 +15,7 @@ from limits.aio.strategies import (
 )
 from limits.errors import StorageError
 
+from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
 from ..settings import OutagePolicy, Strategy
 from .rules import AppliedLimit
 
@@ -124,6 +125,7 @@ class Enforcer:
         return Decision(await _evaluate(self._fallback, limits), fallback=True)
 
     def _mark_down(self, exc: BaseException) -> None:
+        RATELIMIT_STORAGE_ERRORS.inc()
         self._down_until = time.monotonic() + self._retry_interval
         if not self._down:
             self._down = True

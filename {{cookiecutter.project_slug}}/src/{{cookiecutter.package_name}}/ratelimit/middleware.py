@@ -8,7 +8,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..access_log import HEALTH_PREFIX
+from ..observability import HEALTH_PREFIX, METRICS_PATH
 from ..plans.directory import PlansUnavailable
 from ..plans.resolver import CallerResolver, InvalidCredentials
 from .headers import quota_headers
@@ -21,9 +21,13 @@ class RateLimitMiddleware:
         self.resolver = resolver
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Health probes skip caller resolution: they must answer whatever the credentials
-        # and whether or not the plans database is up.
-        if scope["type"] != "http" or scope["path"].startswith(HEALTH_PREFIX):
+        # Probes and the metrics scrape skip caller resolution: they must answer whatever the
+        # credentials and whether or not the plans database is up.
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith(HEALTH_PREFIX)
+            or (scope["path"] == METRICS_PATH)
+        ):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})

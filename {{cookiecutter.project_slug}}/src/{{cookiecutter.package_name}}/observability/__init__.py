@@ -1,0 +1,11 @@
+"""Logs, request ids and Prometheus metrics.
+
+- logs.py        JSON log lines on stderr, with the request id; health probes kept out
+- metrics.py     the Prometheus metrics, and the /metrics route
+- middleware.py  request id in and out, and request counts by route template and status
+"""
+
+# Paths that are never limited nor attributed to a caller: probes and the metrics scrape.
+# nginx exempts /health/ too, and does not serve /metrics to the public.
+HEALTH_PREFIX = "/health/"
+METRICS_PATH = "/metrics"

@@ -1,0 +1,42 @@
+"""Prometheus metrics (prometheus-client), served at /metrics for the scraper.
+
+Labels are route templates, plan names and outcomes, never raw paths, addresses or keys: their
+number stays bounded and nothing secret leaves the process. One process per container: the
+default registry is enough (several uvicorn workers would need prometheus-client's multiprocess
+mode).
+"""
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from ..ratelimit import limiter
+from . import METRICS_PATH
+
+REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+RATELIMIT_DECISIONS = Counter(
+    "ratelimit_decisions_total",
+    "Rate-limit decisions; fallback: decided in memory while Redis was away",
+    ["plan", "route", "decision"],
+)
+RATELIMIT_CHECK_SECONDS = Histogram(
+    "ratelimit_check_seconds",
+    "Time to decide one request's limits",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+RATELIMIT_STORAGE_ERRORS = Counter(
+    "ratelimit_storage_errors_total", "Failed calls to the rate-limit storage (Redis)"
+)
+PLAN_CACHE = Counter(
+    "plan_cache_lookups_total",
+    "Plan and API key lookups; stale: served past its TTL while the database was away",
+    ["result"],
+)
+
+router = APIRouter()
+
+
+@router.get(METRICS_PATH, include_in_schema=False)
+@limiter.exempt
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
