@@ -142,3 +142,35 @@ def client(source_ip: str = "127.0.0.1", **kwargs) -> httpx.AsyncClient:
     transport = httpx.AsyncHTTPTransport(local_address=source_ip)
     limits = httpx.Limits(max_connections=200)
     return httpx.AsyncClient(transport=transport, timeout=30, limits=limits, **kwargs)
+
+
+class ThrowawayRedis:
+    """A redis-server of the test's own, with its data saved on shutdown and loaded on start."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.workdir), "--save", "3600 1", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                    return
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise TimeoutError(f"redis-server on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: Redis saves its data, then exits
+            self.process.wait(timeout=10)
+            self.process = None

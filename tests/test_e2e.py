@@ -4,15 +4,18 @@ test is a different client to nginx and to the app."""
 
 import asyncio
 import re
+import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from .conftest import TEMPLATE, run
-from .stack import Stack, client
+from .stack import Stack, ThrowawayRedis, client
 
 NGINX_GUARD = {
     "NGINX_RATE_PER_IP": "20r/s",
@@ -59,18 +62,19 @@ def stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
         yield stack
 
 
-def run_locust(stack: Stack, report_dir: Path, duration: str = "15s"):
+def locust_command(stack: Stack, report_dir: Path, duration: str, *extra: str) -> list[str]:
     """The service's own load-test script, headless, with two free and two pro keys."""
     keys = report_dir / "keys.json"
     keys.parent.mkdir(parents=True, exist_ok=True)
     keys.write_text(stack.cli("loadtest", "provision", "free=2", "pro=2"))
-    python = str(stack.venv / "bin" / "python")
-    return run(
-        [python, "loadtests/run.py", "--host", stack.nginx_url, "--duration", duration,
-         "--keys-file", str(keys), "--report-dir", str(report_dir)],
-        cwd=stack.project,
-        timeout=180,
-    )  # fmt: skip
+    return [
+        str(stack.venv / "bin" / "python"), "loadtests/run.py", "--host", stack.nginx_url,
+        "--duration", duration, "--keys-file", str(keys), "--report-dir", str(report_dir), *extra,
+    ]  # fmt: skip
+
+
+def run_locust(stack: Stack, report_dir: Path, duration: str = "15s"):
+    return run(locust_command(stack, report_dir, duration), cwd=stack.project, timeout=180)
 
 
 def key_for(stack: Stack, plan: str) -> str:
@@ -206,3 +210,47 @@ def test_locust_verdict_fails_when_instances_count_separately(project, service_v
     print(result.stdout[-4000:])
     assert result.returncode != 0
     assert "FAIL" in result.stdout and "admitted within 60s" in result.stdout
+
+
+def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(
+    project, service_venv, tmp_path
+):
+    # A Redis of the test's own, that keeps its data across the restart (as a production one
+    # with persistence would); the instances retry it quickly after the failure.
+    server = ThrowawayRedis(tmp_path / "redis")
+    server.start()
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    try:
+        with running_stack(
+            project,
+            service_venv,
+            workdir,
+            REDIS_URL=server.url,
+            RATELIMIT_OUTAGE_POLICY="fail-open",
+            REDIS_RETRY_INTERVAL_SECONDS="0.2",
+        ) as stack:
+            # The instances count alone while Redis is away: a couple of extra admissions
+            # per caller are the documented price of fail-open.
+            command = locust_command(
+                stack, tmp_path / "report", "20s", "--overshoot-tolerance", "2"
+            )
+            locust = subprocess.Popen(
+                command,
+                cwd=stack.project,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            time.sleep(8)
+            server.stop()
+            time.sleep(0.5)
+            server.start()
+            output, _ = locust.communicate(timeout=180)
+            ready = httpx.get(f"{stack.nginx_url}/health/ready")
+    finally:
+        server.stop()
+    print(output[-4000:])
+    assert locust.returncode == 0, output[-4000:]
+    assert "PASS: the limits held" in output and "answered 5" not in output
+    assert ready.status_code == 200  # recovered by itself

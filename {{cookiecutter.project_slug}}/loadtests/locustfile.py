@@ -10,6 +10,8 @@ Settings (environment variables, so the same file serves laptops, compose and st
 - LOADTEST_STRATEGY (the service's default): the algorithm, for its documented slack.
 - LOADTEST_MAX_RETRY_AFTER (5): users honour Retry-After, waiting at most this many seconds.
 - LOADTEST_FALSE_REFUSAL_TOLERANCE (0): 429s under the quota accepted before failing.
+- LOADTEST_OVERSHOOT_TOLERANCE (0): admissions over a quota accepted per window (a run across
+  a Redis outage under fail-open admits a few extra requests while instances count alone).
 """
 
 import json
@@ -34,6 +36,7 @@ KEYS: dict[str, list[str]] = (
 VERDICT = Verdict(
     strategy=os.environ.get("LOADTEST_STRATEGY", "{{ cookiecutter.ratelimit_strategy }}"),
     false_refusal_tolerance=int(os.environ.get("LOADTEST_FALSE_REFUSAL_TOLERANCE", "0")),
+    overshoot_tolerance=int(os.environ.get("LOADTEST_OVERSHOOT_TOLERANCE", "0")),
     concurrency={"anonymous": max(1, ANONYMOUS_USERS)},
 )
 

@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--anonymous-users", type=int, default=2)
     parser.add_argument("--health-users", type=int, default=1)
     parser.add_argument("--rps-per-user", type=float, default=2)
+    parser.add_argument(
+        "--overshoot-tolerance", type=int, default=0, help="extra admissions accepted per window"
+    )
     keys = parser.add_mutually_exclusive_group(required=True)
     keys.add_argument("--keys-file", type=Path, help='JSON {"plan": ["key", ...]}')
     keys.add_argument("--provision", nargs="+", metavar="PLAN=COUNT", help="e.g. free=2 pro=2")
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "LOADTEST_ANONYMOUS_USERS": str(args.anonymous_users),
         "LOADTEST_HEALTH_USERS": str(args.health_users),
         "LOADTEST_RPS_PER_USER": str(args.rps_per_user),
+        "LOADTEST_OVERSHOOT_TOLERANCE": str(args.overshoot_tolerance),
     }
     command = [
         sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",

@@ -333,3 +333,15 @@ async def run_cli(database_url: str, *args: str) -> tuple[int, str, str]:
     )  # fmt: skip
     stdout, stderr = await process.communicate()
     return process.returncode or 0, stdout.decode(), stderr.decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus' text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample.startswith(name + "{") or sample == name:
+            found = sample[len(name) :].strip("{}")
+            if ",".join(sorted(found.split(","))) == wanted or (not labels and not found):
+                return float(value)
+    return 0.0

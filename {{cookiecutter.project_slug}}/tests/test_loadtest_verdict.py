@@ -45,6 +45,16 @@ def test_an_overshoot_fails():
     assert "FAIL" in verdict.table()
 
 
+def test_an_overshoot_within_the_stated_tolerance_passes():
+    verdict = Verdict(overshoot_tolerance=2)
+    now = clean_run(verdict)
+    for n in range(10, 12):
+        verdict.record("pro:a", "/v1/items", now + n, 200, quota("pro", 5, 60, 4, 60, now + n))
+    assert verdict.failures() == []
+    verdict.record("pro:a", "/v1/items", now + 13, 200, quota("pro", 5, 60, 4, 60, now + 13))
+    assert verdict.failures()
+
+
 def test_fixed_window_is_allowed_its_documented_burst_at_the_edge():
     verdict = Verdict(strategy="fixed-window")
     now = 1_000_000.0

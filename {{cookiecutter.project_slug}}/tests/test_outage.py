@@ -13,19 +13,26 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from .conftest import free_port, running_client
+from .conftest import free_port, metric, running_client
 
 
 async def test_fail_open_keeps_serving_and_limits_per_process(make_settings, throwaway_redis):
     settings = make_settings(redis_url=throwaway_redis.url, ratelimit_outage_policy="fail-open")
     async with running_client(settings) as client:
         assert (await client.get("/v1/items")).status_code == 200
+        before = (await client.get("/metrics")).text
         throwaway_redis.stop()
         during = [(await client.get("/v1/items")).status_code for _ in range(7)]
         live = await client.get("/health/live")
         ready = await client.get("/health/ready")
+        after = (await client.get("/metrics")).text
     # The in-memory fallback starts a fresh count: 5 more admitted, then refused. No 5xx.
     assert during == [200] * 5 + [429] * 2
+    fallback = {"plan": "anonymous", "route": "/v1/items", "decision": "fallback"}
+    decisions = "ratelimit_decisions_total"
+    assert metric(after, decisions, **fallback) - metric(before, decisions, **fallback) == 7
+    errors = "ratelimit_storage_errors_total"
+    assert metric(after, errors) - metric(before, errors) >= 1
     assert live.status_code == 200
     assert ready.status_code == 503
     assert ready.json() == {
@@ -134,3 +141,17 @@ async def test_a_redis_that_never_answers_costs_a_bounded_delay(make_settings, s
     assert [r.status_code for r in following] == [200] * 3 and following_took < 0.2
     assert live.status_code == 200 and live_took < 0.1
     assert ready.status_code == 503 and ready_took < 0.6
+
+
+async def test_lua_scripts_are_loaded_again_after_script_flush(make_settings, throwaway_redis):
+    settings = make_settings(redis_url=throwaway_redis.url)
+    async with running_client(settings) as client:
+        before = [(await client.get("/v1/items")).status_code for _ in range(2)]
+        errors_before = metric(
+            (await client.get("/metrics")).text, "ratelimit_storage_errors_total"
+        )
+        redis.Redis(port=throwaway_redis.port).script_flush()  # as after a Redis restart
+        after = [(await client.get("/v1/items")).status_code for _ in range(4)]
+        errors_after = metric((await client.get("/metrics")).text, "ratelimit_storage_errors_total")
+    assert before + after == [200] * 5 + [429]  # still counted in Redis, exactly
+    assert errors_after == errors_before  # redis-py reloaded the scripts: no fallback

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     # Largest request body accepted (413 above). nginx caps bodies at 1 MB in front as well.
     max_body_size_bytes: int = Field(default=1_048_576, ge=0)
+    # Largest total size of request headers accepted (431 above); as nginx's 4 x 16k buffers.
+    max_header_bytes: int = Field(default=65_536, ge=1024)
 
     # Shared limit storage. Unset means in-memory limits, which are per process: fine for a
     # laptop, wrong behind a load balancer (every instance would grant the full limit).

@@ -47,12 +47,16 @@ class SkipHealthChecks(logging.Filter):
         )
 
 
+class _JsonHandler(logging.StreamHandler):
+    """Ours, so that configuring again (one app per test, say) replaces it, not others."""
+
+
 def configure_logging(level: str) -> None:
     """JSON on stderr for the root logger; uvicorn's loggers hand their records to it."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _JsonHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _JsonHandler)] + [handler]
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: the request id in and out, and the count of every answer.
+"""Pure ASGI middleware: the request id in and out, the count of every answer, and a cap on
+the size of request headers.
 
 The request id comes from X-Request-ID (nginx sets one) when it looks like one, else a new one;
 it is echoed in the response and attached to every log line of the request.
@@ -9,6 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..ratelimit.responses import problem
 from .logs import request_id_var
 from .metrics import REQUESTS
 
@@ -23,8 +25,10 @@ def _request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_header_bytes: int) -> None:
         self.app = app
+        # uvicorn's httptools parser accepts headers of any size (its h11 parser caps them).
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,6 +49,13 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            if sum(len(name) + len(value) for name, value in scope["headers"]) > (
+                self.max_header_bytes
+            ):
+                await problem(
+                    431, "Request Header Fields Too Large", "Headers too large.", scope["path"]
+                )(scope, receive, send_with_request_id)
+                return
             await self.app(scope, receive, send_with_request_id)
         finally:
             # The router records the matched route in the scope; unmatched paths share a label.

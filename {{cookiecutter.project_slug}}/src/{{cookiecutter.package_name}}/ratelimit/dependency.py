@@ -11,6 +11,7 @@ import time
 
 from fastapi import Request
 
+from ..observability.logs import request_id_var
 from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS
 from .caller import current_caller
 from .enforcer import Enforcer, StorageUnavailable
@@ -68,6 +69,7 @@ async def enforce_rate_limits(request: Request) -> None:
                 "policy": binding.limit.policy,
                 "limit": str(binding.limit.item),
                 "fallback": decision.fallback,
+                "request_id": request_id_var.get(),
             },
         )
         raise RateLimited(decision)

@@ -1,0 +1,93 @@
+"""Defaults that keep the service safe: no secrets leaked, bounded input, opt-in exposure."""
+
+import logging
+import subprocess
+import sys
+
+import httpx
+import redis
+
+from .conftest import create_key, running_client, set_plan
+
+
+async def test_api_keys_never_appear_in_logs_metrics_or_redis(
+    make_settings, database_url, redis_url, key_prefix, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    await set_plan(database_url, "free", "2/minute")
+    key = await create_key(database_url, "free")
+    secret = key.split("_", 2)[2]
+    async with running_client(make_settings()) as client:
+        for _ in range(4):
+            await client.get("/v1/items", headers={"Authorization": f"Bearer {key}"})
+        await client.get("/v1/items", headers={"X-API-Key": key[:-1] + "x"})  # refused, logged
+        metrics = (await client.get("/metrics")).text
+    logged = "\n".join(record.getMessage() + repr(vars(record)) for record in caplog.records)
+    stored = redis.Redis.from_url(redis_url).scan_iter(match=f"{key_prefix}:*")
+    names = [name.decode() for name in stored]
+    assert any(record.name == "ratelimit" for record in caplog.records)
+    assert names, "the limits were counted in Redis"
+    for where, text in [("logs", logged), ("metrics", metrics), ("redis", "\n".join(names))]:
+        assert secret not in text, where
+        assert key not in text, where
+
+
+async def test_docs_are_served_unless_turned_off(make_settings):
+    async with running_client(make_settings()) as client:
+        served = [await client.get(path) for path in ("/docs", "/openapi.json")]
+    async with running_client(make_settings(docs_enabled=False)) as client:
+        hidden = [await client.get(path) for path in ("/docs", "/redoc", "/openapi.json")]
+    assert [r.status_code for r in served] == [200, 200]
+    assert [r.status_code for r in hidden] == [404, 404, 404]
+
+
+async def test_cors_is_off_unless_origins_are_configured(make_settings):
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "GET",
+    }
+    async with running_client(make_settings()) as client:
+        closed = await client.options("/v1/items", headers=preflight)
+        plain = await client.get("/v1/items", headers={"Origin": "https://app.example"})
+    settings = make_settings(cors_origins="https://app.example")
+    async with running_client(settings) as client:
+        opened = await client.options("/v1/items", headers=preflight)
+        read = await client.get("/v1/items", headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in closed.headers
+    assert "access-control-allow-origin" not in plain.headers
+    assert opened.headers["access-control-allow-origin"] == "https://app.example"
+    exposed = read.headers["access-control-expose-headers"].lower()
+    assert "ratelimit" in exposed and "retry-after" in exposed
+
+
+async def test_an_oversized_body_is_a_413(make_settings):
+    async with running_client(make_settings(max_body_size_bytes=1000)) as client:
+        response = await client.post("/v1/items", content=b'{"name": "' + b"x" * 5000 + b'"}')
+    assert response.status_code == 413
+
+
+def test_oversized_headers_are_refused_with_a_4xx(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    base_url = start_uvicorn(
+        REDIS_URL=redis_url, RATELIMIT_KEY_PREFIX=key_prefix, DATABASE_URL=database_url
+    )
+    response = httpx.get(f"{base_url}/v1/items", headers={"X-Filler": "x" * 200_000})
+    assert 400 <= response.status_code < 500
+
+
+def test_schemathesis_finds_no_server_error(start_uvicorn, redis_url, key_prefix, database_url):
+    import asyncio
+
+    asyncio.run(set_plan(database_url, "anonymous", "100000/minute"))
+    base_url = start_uvicorn(
+        REDIS_URL=redis_url, RATELIMIT_KEY_PREFIX=key_prefix, DATABASE_URL=database_url
+    )
+    fuzzed = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json",
+         "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert fuzzed.returncode == 0, fuzzed.stdout[-3000:]
