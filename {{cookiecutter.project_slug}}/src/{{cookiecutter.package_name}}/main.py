@@ -18,6 +18,7 @@ from .observability.middleware import RequestContextMiddleware
 from .plans.directory import DATABASE_ERRORS, PlanDirectory
 from .plans.resolver import CallerResolver
 from .ratelimit import limiter
+from .ratelimit.counters import MemoryCounter, RedisCounter
 from .ratelimit.dependency import enforce_rate_limits
 from .ratelimit.enforcer import Enforcer, StorageUnavailable
 from .ratelimit.middleware import RateLimitMiddleware
@@ -62,9 +63,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             async with open_limit_storage(settings) as limit_storage:
                 app.state.limit_storage = limit_storage
+                strategy = settings.ratelimit_strategy
+                counter = (
+                    RedisCounter(limit_storage.redis, strategy, settings.ratelimit_key_prefix)
+                    if limit_storage.redis is not None
+                    else MemoryCounter(strategy)
+                )
                 app.state.ratelimit_enforcer = Enforcer(
-                    limit_storage.storage,
-                    strategy=settings.ratelimit_strategy,
+                    counter,
+                    fallback=MemoryCounter(strategy),
                     outage_policy=settings.ratelimit_outage_policy,
                     timeout=settings.redis_timeout_seconds,
                     retry_interval=settings.redis_retry_interval_seconds,

@@ -1,58 +1,23 @@
-"""Counting hits against limits, asynchronously, and what to do when Redis is away."""
+"""Deciding whether a request passes its limits, and what to do when Redis is away."""
 
 import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import (
-    FixedWindowRateLimiter,
-    MovingWindowRateLimiter,
-    RateLimiter,
-    SlidingWindowCounterRateLimiter,
-)
 from limits.errors import StorageError
+from redis.exceptions import RedisError
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
-from ..settings import OutagePolicy, Strategy
+from ..settings import OutagePolicy
+from .counters import Counter
+from .results import Decision
 from .rules import AppliedLimit
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES: dict[Strategy, type[RateLimiter]] = {
-    "moving-window": MovingWindowRateLimiter,
-    "sliding-window-counter": SlidingWindowCounterRateLimiter,
-    "fixed-window": FixedWindowRateLimiter,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class LimitResult:
-    limit: AppliedLimit
-    allowed: bool
-    remaining: int
-    reset_at: float  # epoch seconds at which the window frees capacity again
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    results: tuple[LimitResult, ...]
-    # True when Redis was unreachable and the in-memory, per-process fallback decided.
-    fallback: bool = False
-
-    @property
-    def allowed(self) -> bool:
-        return all(result.allowed for result in self.results)
-
-    @property
-    def binding(self) -> LimitResult:
-        """The limit to report: the one that refused, else the one closest to refusing."""
-        for result in self.results:
-            if not result.allowed:
-                return result
-        return min(self.results, key=lambda result: (result.remaining, -result.reset_at))
+# Failures that mean "the limit storage is unreachable", as opposed to a bug.
+STORAGE_ERRORS = (RedisError, StorageError, TimeoutError, OSError)
 
 
 class StorageUnavailable(Exception):
@@ -61,27 +26,6 @@ class StorageUnavailable(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__("rate limit storage unavailable")
         self.retry_after = retry_after
-
-
-async def _evaluate(
-    strategy: RateLimiter, limits: Sequence[AppliedLimit]
-) -> tuple[LimitResult, ...]:
-    allowed = []
-    for limit in limits:
-        ok = await strategy.hit(limit.item, limit.subject, *limit.namespace, cost=limit.cost)
-        allowed.append(ok)
-        if not ok:
-            break  # like slowapi: limits after the first refusal are not charged
-    stats = await asyncio.gather(
-        *(
-            strategy.get_window_stats(limit.item, limit.subject, *limit.namespace)
-            for limit in limits[: len(allowed)]
-        )
-    )
-    return tuple(
-        LimitResult(limit=limit, allowed=ok, remaining=stat.remaining, reset_at=stat.reset_time)
-        for limit, ok, stat in zip(limits[: len(allowed)], allowed, stats, strict=True)
-    )
 
 
 class Enforcer:
@@ -93,14 +37,14 @@ class Enforcer:
 
     def __init__(
         self,
-        storage: Storage,
-        strategy: Strategy,
+        counter: Counter,
+        fallback: Counter,
         outage_policy: OutagePolicy,
         timeout: float,
         retry_interval: float,
     ) -> None:
-        self._primary = STRATEGIES[strategy](storage)
-        self._fallback = STRATEGIES[strategy](MemoryStorage())
+        self._primary = counter
+        self._fallback = fallback
         self._outage_policy = outage_policy
         # A hard bound on one whole check, above the per-call socket timeouts.
         self._timeout = timeout * 4
@@ -112,8 +56,8 @@ class Enforcer:
         if time.monotonic() >= self._down_until:
             try:
                 async with asyncio.timeout(self._timeout):
-                    results = await _evaluate(self._primary, limits)
-            except (StorageError, TimeoutError, OSError) as exc:
+                    results = await self._primary.evaluate(limits)
+            except STORAGE_ERRORS as exc:
                 self._mark_down(exc)
             else:
                 if self._down:
@@ -122,7 +66,7 @@ class Enforcer:
                 return Decision(results)
         if self._outage_policy == "fail-closed":
             raise StorageUnavailable(retry_after=max(1, round(self._retry_interval)))
-        return Decision(await _evaluate(self._fallback, limits), fallback=True)
+        return Decision(await self._fallback.evaluate(limits), fallback=True)
 
     def _mark_down(self, exc: BaseException) -> None:
         RATELIMIT_STORAGE_ERRORS.inc()

@@ -10,7 +10,7 @@
 
 import math
 
-from .enforcer import Decision
+from .results import Decision
 
 
 def retry_after_seconds(reset_at: float, now: float) -> int:

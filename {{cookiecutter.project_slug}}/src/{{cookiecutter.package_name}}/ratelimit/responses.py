@@ -3,7 +3,8 @@
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .enforcer import Decision, StorageUnavailable
+from .enforcer import StorageUnavailable
+from .results import Decision
 
 
 class RateLimited(Exception):

@@ -1,4 +1,4 @@
-"""Where counters live: Redis shared by every instance, or memory when no Redis is configured."""
+"""The Redis connection the limits are counted on, or none: then counts stay in memory."""
 
 import asyncio
 import logging
@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -20,8 +19,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class LimitStorage:
-    storage: Storage
-    # The client behind `storage`, for readiness checks; None for in-memory storage.
+    # None when REDIS_URL is unset: counts are then kept in process memory.
     redis: Redis | None
     timeout: float
 
@@ -42,13 +40,10 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
             "REDIS_URL is not set: rate limits are kept in memory, PER PROCESS. Every instance "
             "and worker grants the full limit. Set REDIS_URL for limits shared across instances."
         )
-        yield LimitStorage(
-            storage=MemoryStorage(), redis=None, timeout=settings.redis_timeout_seconds
-        )
+        yield LimitStorage(redis=None, timeout=settings.redis_timeout_seconds)
         return
 
-    # We build the pool ourselves (instead of letting `limits` do it) to own its timeouts,
-    # retries and size, and to close it on shutdown:
+    # The pool's timeouts, retries and size are chosen here, for the request path:
     # - without socket timeouts a Redis that accepts connections but never answers hangs
     #   every request;
     # - redis-py's default retry policy (3 retries with backoff) would multiply each timeout;
@@ -66,18 +61,9 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
     )
-    storage = RedisStorage(
-        f"async+{settings.redis_url}",
-        implementation="redispy",  # redis-py's client costs less CPU per call than coredis
-        key_prefix=settings.ratelimit_key_prefix,
-        wrap_exceptions=True,  # every Redis failure surfaces as limits.errors.StorageError
-        connection_pool=pool,
-    )
     try:
         yield LimitStorage(
-            storage=storage,
-            redis=Redis(connection_pool=pool),
-            timeout=settings.redis_timeout_seconds,
+            redis=Redis(connection_pool=pool), timeout=settings.redis_timeout_seconds
         )
     finally:
         await pool.aclose()

@@ -1,0 +1,274 @@
+"""Benchmark: what the limiter costs, as throughput ratios against a bare FastAPI endpoint.
+
+    python bench/run.py                      # ~3 minutes; prints a table, writes bench/results.json
+
+It bakes a service with the default answers, starts it with one uvicorn worker on loopback
+(on the shared Redis and a Postgres database of its own), and measures with wrk, interleaved
+(A B A B ...) over several rounds, medians reported:
+
+  bare            a bare FastAPI endpoint, same response, no limiter: the reference
+  anonymous       the limited endpoint, anonymous caller, limit never reached
+  api-key         the same with an API key (plan resolved from the cache)
+  *-redis-2ms     the same two with Redis behind a proxy adding 1 ms each way
+  flood-429       a key far over its limit: every answer a 429
+
+For each it counts Redis script calls (round trips) and database transactions per request.
+Needs: wrk (`apt-get install wrk`), redis-server, Postgres (as the tests do).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import venv
+from pathlib import Path
+
+import httpx
+import redis
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE = HERE.parent
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+NEVER_REACHED = "1000000000/hour"
+SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def wait_for_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def psql(sql: str, database_url: str = ADMIN_DATABASE_URL) -> str:
+    done = subprocess.run(
+        ["psql", database_url, "-v", "ON_ERROR_STOP=1", "-tAqc", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def service_venv(project: Path) -> Path:
+    """A virtualenv with the service's runtime dependencies, cached across runs."""
+    digest = hashlib.sha256(
+        (project / "pyproject.toml").read_bytes() + (project / "constraints.txt").read_bytes()
+    ).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    path = cache / "ratelimit-template" / f"bench-venv-{digest}"
+    if not (path / ".complete").exists():
+        venv.create(path, with_pip=True, clear=True)
+        pip = [str(path / "bin" / "pip"), "install", "-q", "-c", "constraints.txt"]
+        subprocess.run([*pip, "."], cwd=project, check=True)
+        (path / ".complete").touch()
+    subprocess.run(
+        [str(path / "bin" / "pip"), "install", "-q", "--no-deps", "--force-reinstall", "."],
+        cwd=project,
+        check=True,
+    )
+    return path
+
+
+def wrk(url: str, seconds: float, connections: int, headers: dict[str, str]) -> dict:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    def latency_ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(match[1]), match[2]
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    requests = int(re.search(r"(\d+) requests in", out)[1])
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]),
+        "p50_ms": latency_ms("50%"),
+        "p99_ms": latency_ms("99%"),
+        "requests": requests,
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+        "errors": "Socket errors" in out,
+    }
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in SCRIPT_COMMANDS)
+
+
+def transactions(database: str) -> int:
+    return int(
+        psql(
+            f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{database}'"
+        )
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5, help="wrk duration of one measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=HERE / "results.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    from cookiecutter.main import cookiecutter
+
+    workdir = Path(tempfile.mkdtemp(prefix="ratelimit-bench-"))
+    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(workdir)))
+    package = project.name.replace("-", "_")
+    env_python = service_venv(project) / "bin" / "python"
+    database = f"bench_{uuid.uuid4().hex[:10]}"
+    base, _, _ = ADMIN_DATABASE_URL.rpartition("/")
+    database_url = f"{base}/{database}"
+    prefix = f"bench-{uuid.uuid4().hex[:10]}"
+    processes: list[subprocess.Popen] = []
+
+    def cli(*cli_args: str) -> str:
+        return subprocess.run(
+            [str(env_python), "-m", package, *cli_args],
+            cwd=workdir,
+            env={**os.environ, "DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    def start(command: list[str], **env: str) -> subprocess.Popen:
+        process = subprocess.Popen(command, cwd=workdir, env={**os.environ, **env})
+        processes.append(process)
+        return process
+
+    def uvicorn(app: str, port: int, **env: str) -> None:
+        command = [str(env_python), "-m", "uvicorn", app, "--port", str(port),
+                   "--no-access-log", "--log-level", "warning", "--no-proxy-headers"]  # fmt: skip
+        wait_for(f"http://127.0.0.1:{port}/v1/items", start(command, **env))
+
+    psql(f'CREATE DATABASE "{database}"')
+    try:
+        cli("db", "upgrade")
+        cli("plans", "update", "anonymous", "--limits", NEVER_REACHED)
+        cli("plans", "update", "pro", "--limits", NEVER_REACHED)
+        cli("plans", "update", "free", "--limits", "1/hour")
+        pro_key = cli("keys", "create", "--plan", "pro", "--owner", "bench").splitlines()[-1]
+        flood_key = cli("keys", "create", "--plan", "free", "--owner", "bench").splitlines()[-1]
+
+        shared_redis = redis.Redis.from_url(REDIS_URL)
+        redis_port = shared_redis.connection_pool.connection_kwargs.get("port", 6379)
+        proxy_port = free_port()
+        start([str(env_python), str(HERE / "delay_proxy.py"), str(proxy_port), str(redis_port),
+               "0.001"])  # fmt: skip
+        wait_for_port(proxy_port)
+        ports = {"bare": free_port(), "local": free_port(), "remote": free_port()}
+        service_env = {"DATABASE_URL": database_url, "RATELIMIT_KEY_PREFIX": prefix,
+                       "LOG_LEVEL": "WARNING", "PYTHONPATH": str(HERE)}  # fmt: skip
+        uvicorn("bare_app:app", ports["bare"], PYTHONPATH=str(HERE))
+        uvicorn(f"{package}.main:app", ports["local"], REDIS_URL=REDIS_URL, **service_env)
+        remote = f"redis://127.0.0.1:{proxy_port}/0"
+        uvicorn(f"{package}.main:app", ports["remote"], REDIS_URL=remote, **service_env)
+
+        def url(kind: str) -> str:
+            return f"http://127.0.0.1:{ports[kind]}/v1/items"
+
+        scenarios = {
+            "bare": (url("bare"), {}),
+            "anonymous": (url("local"), {}),
+            "api-key": (url("local"), {"X-API-Key": pro_key}),
+            "anonymous-redis-2ms": (url("remote"), {}),
+            "api-key-redis-2ms": (url("remote"), {"X-API-Key": pro_key}),
+            "flood-429": (url("local"), {"X-API-Key": flood_key}),
+        }
+        for target, headers in scenarios.values():  # warm up: connections, caches, scripts
+            wrk(target, 1, args.connections, headers)
+        runs: dict[str, list[dict]] = {name: [] for name in scenarios}
+        for _ in range(args.rounds):
+            for name, (target, headers) in scenarios.items():
+                scripts, xacts = script_calls(shared_redis), transactions(database)
+                result = wrk(target, args.seconds, args.connections, headers)
+                result["redis_round_trips"] = (script_calls(shared_redis) - scripts) / result[
+                    "requests"
+                ]
+                result["db_queries"] = (transactions(database) - xacts) / result["requests"]
+                runs[name].append(result)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=10)
+        psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        keys = list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            redis.Redis.from_url(REDIS_URL).delete(*keys)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    bare = statistics.median(r["rps"] for r in runs["bare"])
+    table = []
+    for name, results in runs.items():
+        row = {
+            "scenario": name,
+            "rps": statistics.median(r["rps"] for r in results),
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "non_2xx_share": sum(r["non_2xx"] for r in results)
+            / sum(r["requests"] for r in results),
+            "redis_round_trips": statistics.median(r["redis_round_trips"] for r in results),
+            "db_queries": statistics.median(r["db_queries"] for r in results),
+        }
+        row["ratio_to_bare"] = row["rps"] / bare
+        table.append(row)
+    print(
+        f"{'scenario':<22}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}"
+        f"{'non-2xx':>9}{'redis/req':>11}{'db/req':>8}"
+    )
+    for row in table:
+        print(
+            f"{row['scenario']:<22}{row['rps']:>9.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+            f"{row['ratio_to_bare']:>8.2f}{row['non_2xx_share']:>9.0%}"
+            f"{row['redis_round_trips']:>11.2f}{row['db_queries']:>8.3f}"
+        )
+    meta = {"seconds": args.seconds, "rounds": args.rounds, "connections": args.connections,
+            "cpus": os.cpu_count(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+    args.json.write_text(json.dumps({"meta": meta, "results": table}, indent=2) + "\n")
+    print(f"written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+-- Decide every limit of one request in one round trip, atomically, on the Redis clock.
+--
+-- KEYS[i]   the counter of limit i (all of one caller's keys share a hash tag: one slot)
+-- ARGV      strategy, nonce, n, then amount, window seconds, cost for each of the n limits
+-- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}
+--
+-- All or nothing: a request refused by one limit consumes none of the others. "reset" is when
+-- the limit frees capacity again (the oldest hit leaving a moving window, the end of a fixed
+-- window, the weighted count falling low enough in a sliding window counter).
+local strategy, nonce, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+local limits, all_allowed = {}, 1
+for i = 1, n do
+  local amount = tonumber(ARGV[1 + 3 * i])
+  local window = tonumber(ARGV[2 + 3 * i]) * 1000
+  local cost = tonumber(ARGV[3 + 3 * i])
+  local key = KEYS[i]
+  local count, reset, current_key
+  if strategy == 'moving-window' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+    count = redis.call('ZCARD', key)
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    reset = (oldest[2] and tonumber(oldest[2]) or now) + window
+  elseif strategy == 'fixed-window' then
+    count = tonumber(redis.call('GET', key) or '0')
+    local ttl = redis.call('PTTL', key)
+    reset = now + (ttl > 0 and ttl or window)
+  else -- sliding-window-counter: this window's count plus the previous one's, weighted by
+       -- how much of the previous window still overlaps the sliding window
+    local index = math.floor(now / window)
+    current_key = key .. ':' .. index
+    local current = tonumber(redis.call('GET', current_key) or '0')
+    local previous = tonumber(redis.call('GET', key .. ':' .. (index - 1)) or '0')
+    local into = now - index * window
+    count = math.floor(previous * (window - into) / window) + current
+    reset = (index + 1) * window
+    if count + cost > amount then
+      if current + cost <= amount and previous > 0 then
+        -- within this window, once enough of the previous one has slid out
+        local needed = count + cost - amount
+        reset = now + math.ceil(needed * window / previous)
+      else
+        -- next window, once enough of this one has slid out
+        local share = current > 0 and (1 - (amount - cost) / current) or 0
+        reset = (index + 1) * window + math.ceil(math.max(share, 0) * window)
+      end
+    end
+  end
+  local allowed = count + cost <= amount and 1 or 0
+  if allowed == 0 then all_allowed = 0 end
+  limits[i] = {key, amount, window, cost, count, reset, allowed, current_key}
+end
+
+if all_allowed == 1 then
+  for i = 1, n do
+    local key, amount, window, cost, count, reset, allowed, current_key = unpack(limits[i])
+    if strategy == 'moving-window' then
+      for j = 1, cost do
+        redis.call('ZADD', key, now, nonce .. ':' .. i .. ':' .. j)
+      end
+      redis.call('PEXPIRE', key, window)
+      if count == 0 then limits[i][6] = now + window end
+    elseif strategy == 'fixed-window' then
+      redis.call('INCRBY', key, cost)
+      if count == 0 then redis.call('PEXPIRE', key, window) end
+    else
+      redis.call('INCRBY', current_key, cost)
+      redis.call('PEXPIRE', current_key, 2 * window)
+    end
+  end
+end
+
+local result = {all_allowed, now}
+for i = 1, n do
+  local key, amount, window, cost, count, reset, allowed = unpack(limits[i])
+  local used = count + (all_allowed == 1 and cost or 0)
+  table.insert(result, allowed)
+  table.insert(result, math.max(amount - used, 0))
+  table.insert(result, reset)
+end
+return result

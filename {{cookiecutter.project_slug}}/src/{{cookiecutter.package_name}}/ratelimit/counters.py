@@ -1,0 +1,169 @@
+"""Where hits are counted: in Redis by one script call per request, or in process memory.
+
+Why our own Redis script rather than `limits.aio`'s strategies: those take one round trip to
+count a hit and another for the numbers the headers need, per limit, and charge a request's
+limits one by one. check.lua decides every limit of a request, and returns what the headers
+need, in one atomic call on the Redis clock; calls made in the same event-loop tick travel in
+one pipeline. `limits` still parses the limit strings, and counts in memory where there is no
+Redis (the embedded default, and the fail-open fallback).
+"""
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Protocol
+
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from ..settings import Strategy
+from .results import LimitResult
+from .rules import AppliedLimit
+
+CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
+STRATEGIES: dict[Strategy, type[RateLimiter]] = {
+    "moving-window": MovingWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+}
+
+
+class Counter(Protocol):
+    async def evaluate(self, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]: ...
+
+
+class MemoryCounter:
+    """Per-process counts with the `limits` library: not shared with any other instance."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        self._strategy = STRATEGIES[strategy](MemoryStorage())
+
+    async def evaluate(self, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]:
+        allowed = []
+        for limit in limits:
+            ok = await self._strategy.hit(
+                limit.item, limit.subject, *limit.namespace, cost=limit.cost
+            )
+            allowed.append(ok)
+            if not ok:
+                break
+        stats = [
+            await self._strategy.get_window_stats(limit.item, limit.subject, *limit.namespace)
+            for limit in limits[: len(allowed)]
+        ]
+        return tuple(
+            LimitResult(limit=limit, allowed=ok, remaining=stat.remaining, reset_at=stat.reset_time)
+            for limit, ok, stat in zip(limits[: len(allowed)], allowed, stats, strict=True)
+        )
+
+
+class RedisCounter:
+    """Counts in Redis: one script call per request, calls of one loop tick in one pipeline.
+
+    A refusal is also remembered locally until the limit frees capacity (the reset time the
+    script returned): until then Redis could only refuse again, since other instances can
+    only add hits, so a flood over the limit is answered without a Redis call.
+    """
+
+    def __init__(self, client: Redis, strategy: Strategy, key_prefix: str) -> None:
+        self._client = client
+        self._strategy = strategy
+        self._prefix = key_prefix
+        self._sha = hashlib.sha1(CHECK_SCRIPT.encode()).hexdigest()
+        self._pending: list[tuple[list[str], list[object], asyncio.Future]] = []
+        self._sending: set[asyncio.Task] = set()
+        # (counter keys, costs) of a refused request -> (monotonic time until which Redis
+        # would refuse it too, the results it got)
+        self._refusing: dict[tuple, tuple[float, tuple[LimitResult, ...]]] = {}
+
+    def key(self, limit: AppliedLimit) -> str:
+        # The caller's identity is the hash tag: all of one request's keys share a cluster slot.
+        subject = limit.subject.replace("{", "(").replace("}", ")")
+        item = limit.item
+        window = f"{item.amount}/{item.multiples}{item.GRANULARITY.name}"
+        hash_tag = "{" + subject + "}"
+        return ":".join([self._prefix, hash_tag, *limit.namespace, window])
+
+    async def evaluate(self, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]:
+        keys = [self.key(limit) for limit in limits]
+        signature = (*keys, *(limit.cost for limit in limits))
+        known = self._refusing.get(signature)
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
+        args: list[object] = [self._strategy, uuid.uuid4().hex, len(limits)]
+        for limit in limits:
+            args += [limit.item.amount, limit.window_seconds, limit.cost]
+        reply = await self._call(keys, args)
+        server_now, wall, clock = reply[1], time.time(), time.monotonic()
+        results, refused_for = [], 0.0
+        for index, limit in enumerate(limits):
+            allowed, remaining, reset_ms = reply[2 + 3 * index : 5 + 3 * index]
+            delay = max(0.0, (reset_ms - server_now) / 1000)
+            results.append(LimitResult(limit, bool(allowed), remaining, wall + delay))
+            if not allowed:
+                refused_for = max(refused_for, delay)
+        if refused_for:
+            self._remember_refusal(signature, clock + refused_for, tuple(results))
+        return tuple(results)
+
+    def _remember_refusal(
+        self, signature: tuple, until: float, results: tuple[LimitResult, ...]
+    ) -> None:
+        if len(self._refusing) > 10_000:  # forget the expired ones before growing further
+            clock = time.monotonic()
+            self._refusing = {k: v for k, v in self._refusing.items() if v[0] > clock}
+        self._refusing[signature] = (until, results)
+
+    async def _call(self, keys: list[str], args: list[object]) -> list[int]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((keys, args, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)  # after every request of this tick has queued its call
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> None:
+        try:
+            replies = await self._pipeline(batch)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # Redis restarted or SCRIPT FLUSH: load the script again, redo those calls.
+                await self._client.script_load(CHECK_SCRIPT)
+                retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                for i, reply in zip(
+                    retry, await self._pipeline([batch[i] for i in retry]), strict=True
+                ):
+                    replies[i] = reply
+        except BaseException as exc:  # handed to every request waiting on this batch
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its request gave up (timeout)
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _pipeline(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> list:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            return await pipe.execute(raise_on_error=False)
