@@ -32,34 +32,17 @@ import uuid
 import venv
 from pathlib import Path
 
-import httpx
 import redis
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE.parent
+sys.path.insert(0, str(TEMPLATE))
+from tests.stack import free_port, wait_for  # noqa: E402  (the e2e tests' process helpers)
+
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NEVER_REACHED = "1000000000/hour"
 SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def wait_for_port(port: int, timeout: float = 10) -> None:
