@@ -23,28 +23,34 @@ class Item(ItemIn):
     id: int
 
 
-# In-process example storage; a real service keeps its data in its database.
-_items: dict[int, Item] = {}
+def _items(request: Request) -> dict[int, Item]:
+    """Example storage, in the app's memory; a real service keeps its data in its database."""
+    state = request.app.state
+    if not hasattr(state, "example_items"):
+        state.example_items = {}
+    return state.example_items
 
 
 @router.get("")
-async def list_items() -> list[Item]:
-    return list(_items.values())
+async def list_items(request: Request) -> list[Item]:
+    return list(_items(request).values())
 
 
 @router.post("", status_code=201)
 @limiter.limit("10/minute")  # writes are costlier: a stricter limit on top of the plan's
 async def create_item(request: Request, item: ItemIn) -> Item:
-    created = Item(id=len(_items) + 1, name=item.name)
-    _items[created.id] = created
+    items = _items(request)
+    created = Item(id=len(items) + 1, name=item.name)
+    items[created.id] = created
     return created
 
 
 @router.post("/import", status_code=201)
 @limiter.limit("30/hour", cost=10)  # a bulk import weighs ten ordinary writes
 async def import_items(request: Request, items: list[ItemIn]) -> list[Item]:
-    created = [Item(id=len(_items) + n, name=item.name) for n, item in enumerate(items, start=1)]
-    _items.update((item.id, item) for item in created)
+    store = _items(request)
+    created = [Item(id=len(store) + n, name=item.name) for n, item in enumerate(items, start=1)]
+    store.update((item.id, item) for item in created)
     return created
 
 
@@ -53,7 +59,7 @@ async def import_items(request: Request, items: list[ItemIn]) -> list[Item]:
 async def export_items(request: Request) -> StreamingResponse:
     async def rows() -> AsyncIterator[str]:
         yield "id,name\n"
-        for item in list(_items.values()):
+        for item in list(_items(request).values()):
             yield f"{item.id},{item.name}\n"
             await asyncio.sleep(0)
 
@@ -61,7 +67,8 @@ async def export_items(request: Request) -> StreamingResponse:
 
 
 @router.get("/{item_id}")
-async def get_item(item_id: int) -> Item:
-    if item_id not in _items:
+async def get_item(request: Request, item_id: int) -> Item:
+    items = _items(request)
+    if item_id not in items:
         raise HTTPException(status_code=404, detail="item not found")
-    return _items[item_id]
+    return items[item_id]
