@@ -65,7 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.limit_storage = limit_storage
                 strategy = settings.ratelimit_strategy
                 counter = (
-                    RedisCounter(limit_storage.redis, strategy, settings.ratelimit_key_prefix)
+                    RedisCounter(
+                        limit_storage.redis,
+                        strategy,
+                        settings.ratelimit_key_prefix,
+                        max_calls=settings.redis_max_connections,
+                    )
                     if limit_storage.redis is not None
                     else MemoryCounter(strategy)
                 )

@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     # Largest total size of request headers accepted (431 above); as nginx's 4 x 16k buffers.
     max_header_bytes: int = Field(default=65_536, ge=1024)
 
-    # Shared limit storage. Unset means in-memory limits, which are per process: fine for a
-    # laptop, wrong behind a load balancer (every instance would grant the full limit).
+    # Shared limit storage: redis://, rediss://, redis+cluster://host:port,host:port or
+    # redis+sentinel://host:port,host:port/service. Unset means in-memory limits, which are per
+    # process: fine for a laptop, wrong behind a load balancer (each instance grants the limit).
     redis_url: str | None = None
     # Connect and read timeout for each Redis call. Kept well under a second so that a stalled
     # Redis costs a request this much at most, instead of hanging the worker. Not much lower:

@@ -24,6 +24,7 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from ..settings import Strategy
@@ -75,8 +76,15 @@ class RedisCounter:
     only add hits, so a flood over the limit is answered without a Redis call.
     """
 
-    def __init__(self, client: Redis, strategy: Strategy, key_prefix: str) -> None:
+    def __init__(
+        self, client: Redis | RedisCluster, strategy: Strategy, key_prefix: str, max_calls: int
+    ) -> None:
         self._client = client
+        # redis-py refuses EVALSHA in cluster pipelines: on a cluster, each call goes alone
+        # (still one round trip per request) to the node owning the caller's slot.
+        self._pipelined = not isinstance(client, RedisCluster)
+        # At most this many calls (or pipelines) in flight: within the connection pool's size.
+        self._in_flight = asyncio.Semaphore(max_calls)
         self._strategy = strategy
         self._prefix = key_prefix
         self._sha = hashlib.sha1(CHECK_SCRIPT.encode()).hexdigest()
@@ -125,6 +133,13 @@ class RedisCounter:
         self._refusing[signature] = (until, results)
 
     async def _call(self, keys: list[str], args: list[object]) -> list[int]:
+        if not self._pipelined:
+            async with self._in_flight:
+                try:
+                    return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    await self._client.script_load(CHECK_SCRIPT)
+                    return await self._client.evalsha(self._sha, len(keys), *keys, *args)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((keys, args, future))
@@ -140,7 +155,8 @@ class RedisCounter:
 
     async def _send(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> None:
         try:
-            replies = await self._pipeline(batch)
+            async with self._in_flight:
+                replies = await self._pipeline(batch)
             if any(isinstance(reply, NoScriptError) for reply in replies):
                 # Redis restarted or SCRIPT FLUSH: load the script again, redo those calls.
                 await self._client.script_load(CHECK_SCRIPT)
