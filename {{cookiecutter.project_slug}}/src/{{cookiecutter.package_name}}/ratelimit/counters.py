@@ -130,6 +130,8 @@ class RedisCounter:
         if len(self._refusing) > 10_000:  # forget the expired ones before growing further
             clock = time.monotonic()
             self._refusing = {k: v for k, v in self._refusing.items() if v[0] > clock}
+            if len(self._refusing) > 10_000:  # a flood from many callers: bounded memory first
+                self._refusing.clear()
         self._refusing[signature] = (until, results)
 
     async def _call(self, keys: list[str], args: list[object]) -> list[int]:
