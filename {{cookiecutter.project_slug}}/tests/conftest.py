@@ -195,34 +195,60 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+class RedisServers:
+    """redis-server processes of one test, by port; each start waits until it answers."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.processes: dict[int, tuple[list[str], subprocess.Popen[bytes]]] = {}
+
+    def start(self, port: int, *args: str) -> None:
+        if args and args[0].endswith(".conf"):  # a sentinel: its config file comes first
+            command = ["redis-server", *args, "--port", str(port)]
+        else:
+            command = ["redis-server", *args, "--port", str(port), "--bind", "127.0.0.1",
+                       "--dir", str(self.workdir), "--save", "", "--appendonly", "no"]  # fmt: skip
+        self._run(port, command)
+
+    def _run(self, port: int, command: list[str]) -> None:
+        self.processes[port] = (command, subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        wait_until(lambda: self.answers(port), 10, f"redis-server on port {port}")
+
+    def answers(self, port: int) -> bool:
+        try:
+            return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, port: int) -> None:
+        _, process = self.processes.pop(port)
+        process.terminate()
+        process.wait(timeout=10)
+
+    def restart(self, port: int) -> None:
+        command, _ = self.processes[port]
+        self.stop(port)
+        self._run(port, command)
+
+    def stop_all(self) -> None:
+        for port in list(self.processes):
+            self.stop(port)
+
+
 class ThrowawayRedis:
     """A redis-server of the test's own on a free port, for tests that stop and restart it."""
 
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def _ping(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
+        self._servers = RedisServers(workdir)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(self._ping, 10, f"redis-server on port {self.port}")
+        self._servers.start(self.port)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+        if self.port in self._servers.processes:
+            self._servers.stop(self.port)
 
 
 @pytest.fixture

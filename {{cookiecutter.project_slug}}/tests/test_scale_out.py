@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from .conftest import metric, running_client, set_plan, wait_until
+from .conftest import RedisServers, metric, running_client, set_plan, wait_until
 
 
 def free_port_pair() -> int:
@@ -29,49 +29,10 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
-class Servers:
-    """redis-server processes of one test, by port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.processes: dict[int, tuple[list[str], subprocess.Popen]] = {}
-
-    def start(self, port: int, *args: str) -> None:
-        command = ["redis-server", *args, "--port", str(port), "--bind", "127.0.0.1",
-                   "--dir", str(self.workdir), "--save", "", "--appendonly", "no"]  # fmt: skip
-        if args and args[0].endswith(".conf"):  # a sentinel: its config file comes first
-            command = ["redis-server", *args, "--port", str(port)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        self.processes[port] = (command, process)
-        wait_until(lambda: self._answers(port), 10, f"redis on port {port}")
-
-    def _answers(self, port: int) -> bool:
-        try:
-            return bool(redis.Redis(port=port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self, port: int) -> None:
-        _, process = self.processes.pop(port)
-        process.kill()
-        process.wait(timeout=10)
-
-    def restart(self, port: int) -> None:
-        command, process = self.processes[port]
-        process.terminate()
-        process.wait(timeout=10)
-        self.processes[port] = (command, subprocess.Popen(command, stdout=subprocess.DEVNULL))
-        wait_until(lambda: self._answers(port), 10, f"redis on port {port}")
-
-    def stop_all(self) -> None:
-        for port in list(self.processes):
-            self.stop(port)
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Servers, list[int]]]:
+def cluster(tmp_path: Path) -> Iterator[tuple[RedisServers, list[int]]]:
     """Three masters, no replicas: every slot has one owner."""
-    servers = Servers(tmp_path)
+    servers = RedisServers(tmp_path)
     ports = [free_port_pair() for _ in range(3)]
     try:
         for port in ports:
@@ -153,9 +114,9 @@ async def test_cluster_master_restart_costs_no_5xx(make_settings, cluster):
 
 
 @pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[tuple[Servers, int, list[int]]]:
+def sentinels(tmp_path: Path) -> Iterator[tuple[RedisServers, int, list[int]]]:
     """One master, one replica, three sentinels (quorum 2), fast failover."""
-    servers = Servers(tmp_path)
+    servers = RedisServers(tmp_path)
     master, replica = free_port_pair(), free_port_pair()
     sentinel_ports = [free_port_pair() for _ in range(3)]
     try:

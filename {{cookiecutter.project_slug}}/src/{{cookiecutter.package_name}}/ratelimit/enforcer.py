@@ -5,7 +5,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-from limits.errors import StorageError
 from redis.exceptions import RedisError
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
@@ -17,7 +16,7 @@ from .rules import AppliedLimit
 logger = logging.getLogger(__name__)
 
 # Failures that mean "the limit storage is unreachable", as opposed to a bug.
-STORAGE_ERRORS = (RedisError, StorageError, TimeoutError, OSError)
+STORAGE_ERRORS = (RedisError, TimeoutError, OSError)
 
 
 class StorageUnavailable(Exception):

@@ -12,7 +12,7 @@ from ..observability import HEALTH_PREFIX, METRICS_PATH
 from ..plans.directory import PlansUnavailable
 from ..plans.resolver import CallerResolver, InvalidCredentials
 from .headers import quota_headers
-from .responses import problem
+from .responses import problem, unavailable
 
 
 class RateLimitMiddleware:
@@ -39,11 +39,8 @@ class RateLimitMiddleware:
             await response(scope, receive, send)
             return
         except PlansUnavailable as exc:
-            response = problem(
-                503, "Service Unavailable", "Plans are temporarily unavailable.", scope["path"]
-            )
-            response.headers["Retry-After"] = str(exc.retry_after)
-            await response(scope, receive, send)
+            detail = "Plans are temporarily unavailable."
+            await unavailable(detail, scope["path"], exc.retry_after)(scope, receive, send)
             return
 
         async def send_with_quota_headers(message: Message) -> None:

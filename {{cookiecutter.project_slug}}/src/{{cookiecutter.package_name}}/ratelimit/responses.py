@@ -32,6 +32,13 @@ def problem(
     return ProblemResponse(body | extra, status_code=status)
 
 
+def unavailable(detail: str, instance: str, retry_after: int) -> ProblemResponse:
+    """503 for a dependency that is away (Redis fail-closed, the plans database)."""
+    response = problem(503, "Service Unavailable", detail, instance)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 async def rate_limited_handler(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, RateLimited)
     binding = exc.decision.binding
@@ -42,11 +49,5 @@ async def rate_limited_handler(request: Request, exc: Exception) -> ProblemRespo
 
 async def storage_unavailable_handler(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, StorageUnavailable)
-    response = problem(
-        503,
-        "Service Unavailable",
-        "Rate limiting is temporarily unavailable; retry later.",
-        request.url.path,
-    )
-    response.headers["Retry-After"] = str(exc.retry_after)
-    return response
+    detail = "Rate limiting is temporarily unavailable; retry later."
+    return unavailable(detail, request.url.path, exc.retry_after)
