@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 import redis
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.database import create_engine, session_factory
@@ -170,10 +171,10 @@ def make_settings(redis_url: str, key_prefix: str, database_url: str) -> Callabl
 
 @asynccontextmanager
 async def running_client(
-    settings: Settings, client_ip: str = "203.0.113.10"
+    settings: Settings, client_ip: str = "203.0.113.10", app: FastAPI | None = None
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """An app built from `settings`, its lifespan entered, and an HTTP client bound to it."""
-    app = create_app(settings)
+    """An app built from `settings` (or `app`), its lifespan entered, and a client bound to it."""
+    app = app or create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=(client_ip, 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:

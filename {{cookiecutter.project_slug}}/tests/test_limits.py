@@ -4,6 +4,10 @@ import re
 import time
 
 import pytest
+from fastapi import APIRouter, Request
+
+from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.ratelimit.route import check_routes
 
 from .conftest import running_client, set_plan
 
@@ -62,6 +66,41 @@ async def test_key_is_the_route_template_not_the_raw_url(make_settings):
         other_route = await client.get("/v1/items")
     assert statuses == [404] * 5 + [429] * 2  # items 1..5 do not exist; 6 and 7 share the budget
     assert other_route.status_code == 200  # a different route template has its own budget
+
+
+async def test_an_answer_from_the_endpoint_carries_the_quota_it_used(make_settings):
+    async with running_client(make_settings()) as client:
+        missing = await client.get("/v1/items/41")  # the endpoint's own 404
+        invalid = await client.post("/v1/items", json={"name": ""})  # FastAPI's 422
+    # Each route template has its own budget of the plan's 5 per minute: one used in each.
+    assert missing.status_code == 404 and missing.headers["x-ratelimit-remaining"] == "4"
+    assert invalid.status_code == 422 and invalid.headers["x-ratelimit-remaining"] == "4"
+
+
+async def test_a_route_added_on_the_app_is_limited_too(make_settings):
+    settings = make_settings()
+    app = create_app(settings)
+
+    @app.get("/v1/ping")
+    async def ping(request: Request) -> dict[str, str]:
+        return {"pong": "yes"}
+
+    async with running_client(settings, app=app) as client:
+        statuses = [(await client.get("/v1/ping")).status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+
+
+def test_a_router_without_the_rate_limited_route_class_is_refused(make_settings):
+    app = create_app(make_settings())
+    router = APIRouter(prefix="/v1/forgotten")
+
+    @router.get("")
+    async def forgotten() -> list[str]:
+        return []
+
+    app.include_router(router)
+    with pytest.raises(TypeError, match="/v1/forgotten is not rate limited"):
+        check_routes(app)
 
 
 async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(

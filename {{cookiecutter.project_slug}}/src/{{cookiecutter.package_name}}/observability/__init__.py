@@ -2,7 +2,7 @@
 
 - logs.py        JSON log lines on stderr, with the request id; health probes kept out
 - metrics.py     the Prometheus metrics, and the /metrics route
-- middleware.py  request id in and out, and request counts by route template and status
+- middleware.py  request id in and out, quota headers, request counts, header and body caps
 """
 
 # Paths that are never limited nor attributed to a caller: probes and the metrics scrape.

@@ -6,6 +6,8 @@ default registry is enough (several uvicorn workers would need prometheus-client
 mode).
 """
 
+from functools import lru_cache
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -32,6 +34,13 @@ PLAN_CACHE = Counter(
     "Plan and API key lookups; stale: served past its TTL while the database was away",
     ["result"],
 )
+
+
+@lru_cache(maxsize=4096)
+def child(metric: Counter, *labels: str) -> Counter:
+    """`metric.labels(*labels)`, kept: prometheus-client validates and locks on every call."""
+    return metric.labels(*labels)
+
 
 router = APIRouter()
 

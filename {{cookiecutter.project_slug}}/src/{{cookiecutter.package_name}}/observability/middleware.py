@@ -1,64 +1,80 @@
-"""Pure ASGI middleware: the request id in and out, the count of every answer, and a cap on
-the size of request headers.
+"""Pure ASGI middleware around every request: the request id in and out, the quota headers,
+the count of every answer, and caps on the size of request headers and body.
 
 The request id comes from X-Request-ID (nginx sets one) when it looks like one, else a new one;
 it is echoed in the response and attached to every log line of the request.
+
+One middleware, one pass over the request headers, one wrapped `send`: each layer of ASGI
+middleware costs every request a few microseconds, which a rate limiter in front of cheap
+endpoints cannot spare (see bench/ in the template).
 """
 
+import random
 import re
-import uuid
+import time
 
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..ratelimit.guard import DECISION_STATE_KEY
+from ..ratelimit.headers import quota_headers
 from ..ratelimit.responses import problem
 from .logs import request_id_var
-from .metrics import REQUESTS
+from .metrics import REQUESTS, child
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{8,128}")
 
 
-def _request_id(scope: Scope) -> str:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id" and _REQUEST_ID_RE.fullmatch(value):
-            return value.decode()
-    return uuid.uuid4().hex
-
-
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_header_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_header_bytes: int, max_body_bytes: int) -> None:
         self.app = app
         # uvicorn's httptools parser accepts headers of any size (its h11 parser caps them).
         self.max_header_bytes = max_header_bytes
+        # Starlette's body limit, only for requests that carry a body: a GET skips its layer.
+        self.body_limited_app = RequestBodyLimitMiddleware(app, max_body_size=max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        request_id = None
+        header_bytes = 0
+        app = self.app
+        for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
+            if name == b"x-request-id":
+                if _REQUEST_ID_RE.fullmatch(value):
+                    request_id = value.decode()
+            elif name == b"content-length" or name == b"transfer-encoding":
+                app = self.body_limited_app
+        if request_id is None:
+            # Unique enough to find a request's log lines; not a secret, so no need to pay
+            # for os.urandom on every request.
+            request_id = f"{random.getrandbits(128):032x}"
         token = request_id_var.set(request_id)
+        state = scope.setdefault("state", {})
         status = 500  # what the client gets if the app fails before answering
 
-        async def send_with_request_id(message: Message) -> None:
+        async def send_with_context(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                decision = state.get(DECISION_STATE_KEY)
+                if decision is not None:
+                    headers += quota_headers(decision, time.time())
+                message["headers"] = headers
             await send(message)
 
         try:
-            if sum(len(name) + len(value) for name, value in scope["headers"]) > (
-                self.max_header_bytes
-            ):
+            if header_bytes > self.max_header_bytes:
                 await problem(
                     431, "Request Header Fields Too Large", "Headers too large.", scope["path"]
-                )(scope, receive, send_with_request_id)
+                )(scope, receive, send_with_context)
                 return
-            await self.app(scope, receive, send_with_request_id)
+            await app(scope, receive, send_with_context)
         finally:
             # The router records the matched route in the scope; unmatched paths share a label.
-            route = scope.get("route")
-            REQUESTS.labels(scope["method"], getattr(route, "path", "<unmatched>"), status).inc()
+            route = getattr(scope.get("route"), "path", "<unmatched>")
+            child(REQUESTS, scope["method"], route, str(status)).inc()
             request_id_var.reset(token)

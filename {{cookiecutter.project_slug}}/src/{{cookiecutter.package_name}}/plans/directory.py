@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from ..observability.metrics import PLAN_CACHE
+from ..observability.metrics import PLAN_CACHE, child
 from ..ratelimit.caller import Plan
 from . import repository
 
@@ -128,14 +128,14 @@ class PlanDirectory:
         now = time.monotonic()
         entry = cache.get(name)
         if entry is not None and now - entry.fetched_at < self._ttl:
-            PLAN_CACHE.labels("hit").inc()
+            child(PLAN_CACHE, "hit").inc()
             return entry.value
         if entry is not None and now < self._down_until:
-            PLAN_CACHE.labels("stale").inc()
+            child(PLAN_CACHE, "stale").inc()
             return entry.value  # stale, while the database is known to be down
         if now < self._down_until:
             raise PlansUnavailable(retry_after=max(1, round(self._down_until - now)))
-        PLAN_CACHE.labels("miss").inc()
+        child(PLAN_CACHE, "miss").inc()
         try:
             value = await self._single_flight((kind, name), lambda: fetch(name))
         except DATABASE_ERRORS as exc:
@@ -143,7 +143,7 @@ class PlanDirectory:
                 logger.warning("Plans database unreachable (%s): serving cached plans", exc)
             self._down_until = time.monotonic() + self._retry_interval
             if entry is not None:
-                PLAN_CACHE.labels("stale").inc()
+                child(PLAN_CACHE, "stale").inc()
                 return entry.value
             raise PlansUnavailable(retry_after=max(1, round(self._retry_interval))) from exc
         cache.put(name, value, time.monotonic())

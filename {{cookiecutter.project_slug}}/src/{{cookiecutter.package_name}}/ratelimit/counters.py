@@ -10,9 +10,9 @@ Redis (the embedded default, and the fail-open fallback).
 
 import asyncio
 import hashlib
+import itertools
 import time
 import uuid
-from collections.abc import Sequence
 from importlib.resources import files
 from typing import Protocol
 
@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError
 
 from ..settings import Strategy
 from .results import LimitResult
-from .rules import AppliedLimit
+from .rules import AppliedLimit, LimitSet
 
 CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
 STRATEGIES: dict[Strategy, type[RateLimiter]] = {
@@ -40,7 +40,9 @@ STRATEGIES: dict[Strategy, type[RateLimiter]] = {
 
 
 class Counter(Protocol):
-    async def evaluate(self, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]: ...
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        """Count one request of the caller `identity` against every limit of the set."""
+        ...
 
 
 class MemoryCounter:
@@ -49,17 +51,19 @@ class MemoryCounter:
     def __init__(self, strategy: Strategy) -> None:
         self._strategy = STRATEGIES[strategy](MemoryStorage())
 
-    async def evaluate(self, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]:
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        limits = limit_set.limits
         allowed = []
         for limit in limits:
-            ok = await self._strategy.hit(
-                limit.item, limit.subject, *limit.namespace, cost=limit.cost
-            )
+            subject = limit.subject or identity
+            ok = await self._strategy.hit(limit.item, subject, *limit.namespace, cost=limit.cost)
             allowed.append(ok)
             if not ok:
                 break
         stats = [
-            await self._strategy.get_window_stats(limit.item, limit.subject, *limit.namespace)
+            await self._strategy.get_window_stats(
+                limit.item, limit.subject or identity, *limit.namespace
+            )
             for limit in limits[: len(allowed)]
         ]
         return tuple(
@@ -77,7 +81,12 @@ class RedisCounter:
     """
 
     def __init__(
-        self, client: Redis | RedisCluster, strategy: Strategy, key_prefix: str, max_calls: int
+        self,
+        client: Redis | RedisCluster,
+        strategy: Strategy,
+        key_prefix: str,
+        max_calls: int,
+        timeout: float,
     ) -> None:
         self._client = client
         # redis-py refuses EVALSHA in cluster pipelines: on a cluster, each call goes alone
@@ -85,33 +94,36 @@ class RedisCounter:
         self._pipelined = not isinstance(client, RedisCluster)
         # At most this many calls (or pipelines) in flight: within the connection pool's size.
         self._in_flight = asyncio.Semaphore(max_calls)
+        # A bound on a whole call (pool wait, NOSCRIPT reload, retries), above the socket
+        # timeouts; one timer per pipeline rather than one per request.
+        self._timeout = timeout
         self._strategy = strategy
         self._prefix = key_prefix
         self._sha = hashlib.sha1(CHECK_SCRIPT.encode()).hexdigest()
+        # Moving-window hits are members of a sorted set: each needs a unique name. A process
+        # prefix and a sequence number are unique, and cheaper than a uuid per request.
+        self._nonce_prefix = uuid.uuid4().hex[:12] + "-"
+        self._sequence = itertools.count()
         self._pending: list[tuple[list[str], list[object], asyncio.Future]] = []
         self._sending: set[asyncio.Task] = set()
         # (counter keys, costs) of a refused request -> (monotonic time until which Redis
         # would refuse it too, the results it got)
         self._refusing: dict[tuple, tuple[float, tuple[LimitResult, ...]]] = {}
 
-    def key(self, limit: AppliedLimit) -> str:
-        # The caller's identity is the hash tag: all of one request's keys share a cluster slot.
-        subject = limit.subject.replace("{", "(").replace("}", ")")
-        item = limit.item
-        window = f"{item.amount}/{item.multiples}{item.GRANULARITY.name}"
-        hash_tag = "{" + subject + "}"
-        return ":".join([self._prefix, hash_tag, *limit.namespace, window])
+    def key(self, identity: str, limit: AppliedLimit) -> str:
+        # The subject is the hash tag: all of one caller's keys share a cluster slot.
+        subject = (limit.subject or identity).replace("{", "(").replace("}", ")")
+        return self._prefix + ":{" + subject + "}:" + limit.key_suffix
 
-    async def evaluate(self, limits: Sequence[AppliedLimit]) -> tuple[LimitResult, ...]:
-        keys = [self.key(limit) for limit in limits]
-        signature = (*keys, *(limit.cost for limit in limits))
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        limits = limit_set.limits
+        keys = [self.key(identity, limit) for limit in limits]
+        signature = (*keys, *limit_set.script_args)
         known = self._refusing.get(signature)
         if known is not None and known[0] > time.monotonic():
             return known[1]
-        args: list[object] = [self._strategy, uuid.uuid4().hex, len(limits)]
-        for limit in limits:
-            args += [limit.item.amount, limit.window_seconds, limit.cost]
-        reply = await self._call(keys, args)
+        nonce = self._nonce_prefix + str(next(self._sequence))
+        reply = await self._call(keys, [self._strategy, nonce, *limit_set.script_args])
         server_now, wall, clock = reply[1], time.time(), time.monotonic()
         results, refused_for = [], 0.0
         for index, limit in enumerate(limits):
@@ -136,7 +148,7 @@ class RedisCounter:
 
     async def _call(self, keys: list[str], args: list[object]) -> list[int]:
         if not self._pipelined:
-            async with self._in_flight:
+            async with asyncio.timeout(self._timeout), self._in_flight:
                 try:
                     return await self._client.evalsha(self._sha, len(keys), *keys, *args)
                 except NoScriptError:
@@ -157,16 +169,16 @@ class RedisCounter:
 
     async def _send(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> None:
         try:
-            async with self._in_flight:
+            async with asyncio.timeout(self._timeout), self._in_flight:
                 replies = await self._pipeline(batch)
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                # Redis restarted or SCRIPT FLUSH: load the script again, redo those calls.
-                await self._client.script_load(CHECK_SCRIPT)
-                retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-                for i, reply in zip(
-                    retry, await self._pipeline([batch[i] for i in retry]), strict=True
-                ):
-                    replies[i] = reply
+                if any(isinstance(reply, NoScriptError) for reply in replies):
+                    # Redis restarted or SCRIPT FLUSH: load the script again, redo those calls.
+                    await self._client.script_load(CHECK_SCRIPT)
+                    retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+                    for i, reply in zip(
+                        retry, await self._pipeline([batch[i] for i in retry]), strict=True
+                    ):
+                        replies[i] = reply
         except BaseException as exc:  # handed to every request waiting on this batch
             for *_, future in batch:
                 if not future.done():
@@ -174,7 +186,7 @@ class RedisCounter:
             return
         for (*_, future), reply in zip(batch, replies, strict=True):
             if future.done():
-                continue  # its request gave up (timeout)
+                continue  # its request was cancelled (the client went away)
             if isinstance(reply, Exception):
                 future.set_exception(reply)
             else:

@@ -1,9 +1,7 @@
 """Deciding whether a request passes its limits, and what to do when Redis is away."""
 
-import asyncio
 import logging
 import time
-from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
@@ -11,7 +9,7 @@ from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
 from ..settings import OutagePolicy
 from .counters import Counter
 from .results import Decision
-from .rules import AppliedLimit
+from .rules import LimitSet
 
 logger = logging.getLogger(__name__)
 
@@ -39,33 +37,31 @@ class Enforcer:
         counter: Counter,
         fallback: Counter,
         outage_policy: OutagePolicy,
-        timeout: float,
         retry_interval: float,
     ) -> None:
         self._primary = counter
         self._fallback = fallback
         self._outage_policy = outage_policy
-        # A hard bound on one whole check, above the per-call socket timeouts.
-        self._timeout = timeout * 4
         self._retry_interval = retry_interval
         self._down_until = 0.0
         self._down = False
 
-    async def check(self, limits: Sequence[AppliedLimit]) -> Decision:
+    async def check(self, identity: str, limit_set: LimitSet) -> Decision:
+        """Count one request of `identity` against `limit_set`. The counter bounds its time."""
         if time.monotonic() >= self._down_until:
             try:
-                async with asyncio.timeout(self._timeout):
-                    results = await self._primary.evaluate(limits)
+                results = await self._primary.evaluate(identity, limit_set)
             except STORAGE_ERRORS as exc:
                 self._mark_down(exc)
             else:
                 if self._down:
                     self._down = False
                     logger.warning("Rate limit storage is back: limits are shared again")
-                return Decision(results)
+                return Decision(limit_set, results)
         if self._outage_policy == "fail-closed":
             raise StorageUnavailable(retry_after=max(1, round(self._retry_interval)))
-        return Decision(await self._fallback.evaluate(limits), fallback=True)
+        results = await self._fallback.evaluate(identity, limit_set)
+        return Decision(limit_set, results, fallback=True)
 
     def _mark_down(self, exc: BaseException) -> None:
         RATELIMIT_STORAGE_ERRORS.inc()

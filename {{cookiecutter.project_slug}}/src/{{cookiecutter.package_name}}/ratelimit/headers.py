@@ -19,18 +19,15 @@ def retry_after_seconds(reset_at: float, now: float) -> int:
 
 def quota_headers(decision: Decision, now: float) -> list[tuple[bytes, bytes]]:
     binding = decision.binding
+    limit, remaining = binding.limit, binding.remaining
     reset_in = max(0, math.ceil(binding.reset_at - now))
-    policies = ", ".join(
-        f'"{result.limit.policy}";q={result.limit.item.amount};w={result.limit.window_seconds}'
-        for result in decision.results
-    )
     headers = [
-        (b"x-ratelimit-limit", str(binding.limit.item.amount).encode()),
-        (b"x-ratelimit-remaining", str(binding.remaining).encode()),
-        (b"x-ratelimit-reset", str(math.ceil(binding.reset_at)).encode()),
-        (b"ratelimit-policy", policies.encode()),
-        (b"ratelimit", f'"{binding.limit.policy}";r={binding.remaining};t={reset_in}'.encode()),
+        (b"x-ratelimit-limit", b"%d" % limit.item.amount),
+        (b"x-ratelimit-remaining", b"%d" % remaining),
+        (b"x-ratelimit-reset", b"%d" % math.ceil(binding.reset_at)),
+        (b"ratelimit-policy", decision.limit_set.policy_header),
+        (b"ratelimit", f'"{limit.policy}";r={remaining};t={reset_in}'.encode()),
     ]
-    if not decision.allowed:
-        headers.append((b"retry-after", str(retry_after_seconds(binding.reset_at, now)).encode()))
+    if not binding.allowed:
+        headers.append((b"retry-after", b"%d" % retry_after_seconds(binding.reset_at, now)))
     return headers

@@ -21,7 +21,7 @@ from .caller import caller_key
 
 limiter = Limiter(
     key_func=caller_key,
-    auto_check=False,  # enforcement happens in dependency.py, off the synchronous path
-    headers_enabled=False,  # headers come from middleware.py, computed with the decision
+    auto_check=False,  # enforcement happens in guard.py, off the synchronous path
+    headers_enabled=False,  # headers come from observability/middleware.py, with the decision
     storage_uri="memory://",  # never used: counting happens in counters.py
 )

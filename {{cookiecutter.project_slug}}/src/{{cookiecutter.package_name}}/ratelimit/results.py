@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .rules import AppliedLimit
+from .rules import AppliedLimit, LimitSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +15,7 @@ class LimitResult:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    limit_set: LimitSet
     results: tuple[LimitResult, ...]
     # True when Redis was unreachable and the in-memory, per-process fallback decided.
     fallback: bool = False

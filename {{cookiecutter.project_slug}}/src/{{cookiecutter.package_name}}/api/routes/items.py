@@ -11,8 +11,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from ...ratelimit import limiter
+from ...ratelimit.route import RateLimitedRoute
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+# route_class puts the rate-limit check in front of every route here (create_app refuses to
+# start with a router that forgets it).
+router = APIRouter(prefix="/v1/items", tags=["items"], route_class=RateLimitedRoute)
 
 
 class ItemIn(BaseModel):
