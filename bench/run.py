@@ -7,6 +7,7 @@ It bakes a service with the default answers, starts it with one uvicorn worker o
 (A B A B ...) over several rounds, medians reported:
 
   bare            a bare FastAPI endpoint, same response, no limiter: the reference
+  bare-routed     the service's endpoint shape and router, no limiter, no middleware
   anonymous       the limited endpoint, anonymous caller, limit never reached
   api-key         the same with an API key (plan resolved from the cache)
   *-redis-2ms     the same two with Redis behind a proxy adding 1 ms each way
@@ -203,11 +204,12 @@ def main() -> int:
                  "0.001"]  # fmt: skip
         start(CLIENT_CPU + proxy if PINNED else proxy)  # the network, not the server's CPU
         wait_for_port(proxy_port)
-        ports = {"bare": free_port(), "local": free_port(), "remote": free_port()}
+        ports = {name: free_port() for name in ("bare", "routed", "local", "remote")}
         service_env = {"DATABASE_URL": database_url, "RATELIMIT_KEY_PREFIX": prefix,
                        "LOG_LEVEL": "WARNING", "PYTHONPATH": str(HERE)}  # fmt: skip
         pids = {
             "bare": uvicorn("bare_app:app", ports["bare"], PYTHONPATH=str(HERE)),
+            "routed": uvicorn("bare_app:routed_app", ports["routed"], PYTHONPATH=str(HERE)),
             "local": uvicorn(
                 f"{package}.main:app", ports["local"], REDIS_URL=REDIS_URL, **service_env
             ),
@@ -221,6 +223,7 @@ def main() -> int:
 
         scenarios = {
             "bare": ("bare", {}),
+            "bare-routed": ("routed", {}),
             "anonymous": ("local", {}),
             "api-key": ("local", {"X-API-Key": pro_key}),
             "anonymous-redis-2ms": ("remote", {}),

@@ -7,7 +7,6 @@ import pytest
 from fastapi import APIRouter, Request
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit.route import check_routes
 
 from .conftest import running_client, set_plan
 
@@ -90,17 +89,19 @@ async def test_a_route_added_on_the_app_is_limited_too(make_settings):
     assert statuses == [200] * 5 + [429]
 
 
-def test_a_router_without_the_rate_limited_route_class_is_refused(make_settings):
-    app = create_app(make_settings())
+async def test_a_router_without_the_rate_limited_route_class_stops_start_up(make_settings):
+    settings = make_settings()
+    app = create_app(settings)
     router = APIRouter(prefix="/v1/forgotten")
 
     @router.get("")
     async def forgotten() -> list[str]:
         return []
 
-    app.include_router(router)
+    app.include_router(router)  # after create_app, as an extension would
     with pytest.raises(TypeError, match="/v1/forgotten is not rate limited"):
-        check_routes(app)
+        async with running_client(settings, app=app):
+            pass
 
 
 async def test_router_route_declares_a_stricter_limit_on_top_of_the_plan(

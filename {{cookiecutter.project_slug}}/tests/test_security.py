@@ -3,6 +3,7 @@
 import logging
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import httpx
 import redis
@@ -60,9 +61,25 @@ async def test_cors_is_off_unless_origins_are_configured(make_settings):
     assert "ratelimit" in exposed and "retry-after" in exposed
 
 
-async def test_an_oversized_body_is_a_413(make_settings):
+async def test_an_oversized_body_is_a_413_that_costs_no_quota(make_settings):
     async with running_client(make_settings(max_body_size_bytes=1000)) as client:
         response = await client.post("/v1/items", content=b'{"name": "' + b"x" * 5000 + b'"}')
+        created = await client.post("/v1/items", json={"name": "n"})
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert created.status_code == 201
+    assert created.headers["x-ratelimit-remaining"] == "4"  # the first of the plan's 5
+
+
+async def test_an_oversized_chunked_body_is_a_413(make_settings):
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}'
+
+    async with running_client(make_settings(max_body_size_bytes=1000)) as client:
+        response = await client.post("/v1/items", content=chunks())
     assert response.status_code == 413
 
 

@@ -11,7 +11,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from .api.routes import health, items
 from .database import create_engine, database_url, is_embedded, session_factory
-from .gc_tuning import tune_garbage_collector
+from .gc_tuning import tuned_garbage_collector
 from .migrations import upgrade_to_head
 from .observability import metrics
 from .observability.logs import configure_logging
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        check_routes(app)  # routers included after create_app too
         if is_embedded(settings):
             logger.warning("DATABASE_URL is not set: plans are kept in %s", database_url(settings))
             await asyncio.to_thread(upgrade_to_head, database_url(settings))
@@ -82,8 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     retry_interval=settings.redis_retry_interval_seconds,
                 )
                 app.state.ratelimit_guard = RateLimitGuard(CallerResolver(directory), enforcer)
-                tune_garbage_collector()  # last: everything start-up made is there to stay
-                yield
+                with tuned_garbage_collector():  # last: what start-up made is there to stay
+                    yield
         finally:
             await engine.dispose()
 
@@ -107,7 +108,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(items.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    check_routes(app)
 
     # Middleware runs in the reverse order of addition: proxy headers, request context, CORS.
     # The limit check runs in each route (ratelimit/route.py), inside all three, so 401s and

@@ -5,7 +5,7 @@
 - middleware.py  request id in and out, quota headers, request counts, header and body caps
 """
 
-# Paths that are never limited nor attributed to a caller: probes and the metrics scrape.
-# nginx exempts /health/ too, and does not serve /metrics to the public.
+# The probes' and the metrics scrape's paths. Their routes are @limiter.exempt; nginx exempts
+# /health/ too, does not serve /metrics to the public, and the access log skips /health/.
 HEALTH_PREFIX = "/health/"
 METRICS_PATH = "/metrics"

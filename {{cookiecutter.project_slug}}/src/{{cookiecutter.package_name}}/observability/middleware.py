@@ -1,6 +1,10 @@
 """Pure ASGI middleware around every request: the request id in and out, the quota headers,
 the count of every answer, and caps on the size of request headers and body.
 
+A body announced larger than MAX_BODY_SIZE_BYTES (Content-Length) is refused with a 413 before
+anything else runs, so it costs no quota. A chunked body has no announced size: Starlette's
+body limit stops it as it is read, once its route's limits have counted the request.
+
 The request id comes from X-Request-ID (nginx sets one) when it looks like one, else a new one;
 it is echoed in the response and attached to every log line of the request.
 
@@ -30,7 +34,9 @@ class RequestContextMiddleware:
         self.app = app
         # uvicorn's httptools parser accepts headers of any size (its h11 parser caps them).
         self.max_header_bytes = max_header_bytes
-        # Starlette's body limit, only for requests that carry a body: a GET skips its layer.
+        self.max_body_bytes = max_body_bytes
+        # Starlette's body limit, for chunked bodies only: the HTTP server holds any other
+        # body to its Content-Length, checked below, and a GET skips this layer altogether.
         self.body_limited_app = RequestBodyLimitMiddleware(app, max_body_size=max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,13 +45,16 @@ class RequestContextMiddleware:
             return
         request_id = None
         header_bytes = 0
+        body_bytes = 0
         app = self.app
         for name, value in scope["headers"]:
             header_bytes += len(name) + len(value)
             if name == b"x-request-id":
                 if _REQUEST_ID_RE.fullmatch(value):
                     request_id = value.decode()
-            elif name == b"content-length" or name == b"transfer-encoding":
+            elif name == b"content-length" and value.isdigit():
+                body_bytes = int(value)
+            elif name == b"transfer-encoding":
                 app = self.body_limited_app
         if request_id is None:
             # Unique enough to find a request's log lines; not a secret, so no need to pay
@@ -71,6 +80,12 @@ class RequestContextMiddleware:
                 await problem(
                     431, "Request Header Fields Too Large", "Headers too large.", scope["path"]
                 )(scope, receive, send_with_context)
+                return
+            if body_bytes > self.max_body_bytes:
+                detail = f"The body is larger than {self.max_body_bytes} bytes."
+                await problem(413, "Content Too Large", detail, scope["path"])(
+                    scope, receive, send_with_context
+                )
                 return
             await app(scope, receive, send_with_context)
         finally:

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from ..observability.metrics import PLAN_CACHE, child
 from ..ratelimit.caller import Plan
 from . import repository
+from .models import PlanRow
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ class PlanDirectory:
         self._keys = _TTLCache(max_entries)  # public id -> KeyGrant, or None: no such key
         self._plans = _TTLCache(max_entries)  # name -> Plan, or None: no such active plan
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        # One Plan object per plan while it is unchanged, however many keys share it: the
+        # limits worked out per route and plan (ratelimit/rules.py) are kept by identity.
+        self._plan_objects: dict[str, Plan] = {}
         self._down_until = 0.0
 
     async def key(self, public_id: str) -> KeyGrant | None:
@@ -99,7 +103,7 @@ class PlanDirectory:
             rows = await repository.list_plans(session)
         now = time.monotonic()
         for row in rows:
-            self._plans.put(row.name, repository.to_plan(row) if row.is_active else None, now)
+            self._plans.put(row.name, self._plan(row) if row.is_active else None, now)
 
     def clear(self) -> None:
         self._keys.clear()
@@ -111,12 +115,20 @@ class PlanDirectory:
         if row is None:
             return None
         usable = row.revoked_at is None and row.plan.is_active
-        return KeyGrant(row.secret_hash, repository.to_plan(row.plan) if usable else None)
+        return KeyGrant(row.secret_hash, self._plan(row.plan) if usable else None)
 
     async def _fetch_plan(self, name: str) -> Plan | None:
         async with self._sessions() as session:
             row = await repository.find_plan(session, name)
-        return repository.to_plan(row) if row is not None and row.is_active else None
+        return self._plan(row) if row is not None and row.is_active else None
+
+    def _plan(self, row: PlanRow) -> Plan:
+        plan = repository.to_plan(row)
+        known = self._plan_objects.get(plan.name)
+        if known == plan:
+            return known
+        self._plan_objects[plan.name] = plan
+        return plan
 
     async def _read(
         self,

@@ -25,7 +25,8 @@ from limits.aio.strategies import (
 )
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from ..settings import Strategy
 from .results import LimitResult
@@ -106,8 +107,8 @@ class RedisCounter:
         self._sequence = itertools.count()
         self._pending: list[tuple[list[str], list[object], asyncio.Future]] = []
         self._sending: set[asyncio.Task] = set()
-        # (counter keys, costs) of a refused request -> (monotonic time until which Redis
-        # would refuse it too, the results it got)
+        # (counter keys, script arguments) of a refused request -> (monotonic time until
+        # which Redis would refuse it too, the results it got)
         self._refusing: dict[tuple, tuple[float, tuple[LimitResult, ...]]] = {}
 
     def key(self, identity: str, limit: AppliedLimit) -> str:
@@ -179,21 +180,60 @@ class RedisCounter:
                         retry, await self._pipeline([batch[i] for i in retry]), strict=True
                     ):
                         replies[i] = reply
-        except BaseException as exc:  # handed to every request waiting on this batch
+            for (*_, future), reply in zip(batch, replies, strict=True):
+                if future.done():
+                    continue  # its request was cancelled (the client went away)
+                if isinstance(reply, Exception):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except BaseException as exc:  # handed to every request still waiting on this batch
+            error = exc if isinstance(exc, Exception) else RedisConnectionError("call cancelled")
             for *_, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for (*_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue  # its request was cancelled (the client went away)
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+                    future.set_exception(error)
+            if error is not exc:
+                raise  # cancelled (shutting down): the task itself ends cancelled
 
     async def _pipeline(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> list:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for keys, args, _ in batch:
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        """Every call of the batch in one write on one pooled connection, then their replies.
+
+        Why not redis-py's Pipeline: it builds a command stack, encodes every argument through
+        its encoder and wraps the exchange in retries and response callbacks, ~27 us of CPU per
+        call against ~13 us this way (batches of 32, hiredis). The connection, its pool,
+        AUTH/SELECT/TLS, Sentinel and reply parsing stay redis-py's.
+        """
+        payload = b"".join(self._evalsha(keys, args) for keys, args, _ in batch)
+        try:
+            return await self._exchange(payload, len(batch))
+        except RedisConnectionError:
+            # A pooled connection Redis dropped (a restart) is only found dead when used: one
+            # more try, on a fresh connection, as redis-py's own retry does.
+            return await self._exchange(payload, len(batch))
+
+    async def _exchange(self, payload: bytes, replies: int) -> list:
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(payload, check_health=False)
+            received: list = []
+            for _ in range(replies):
+                try:
+                    received.append(await connection.read_response())
+                except ResponseError as exc:  # that call's error (NOSCRIPT); the others go on
+                    received.append(exc)
+            return received
+        except BaseException:
+            await connection.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
+
+    def _evalsha(self, keys: list[str], args: list[object]) -> bytes:
+        """EVALSHA sha numkeys key... arg... in the Redis protocol (RESP)."""
+        parts = [self._sha, len(keys), *keys, *args]
+        packed = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1)]
+        for part in parts:
+            data = str(part).encode()
+            packed.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(packed)

@@ -1,9 +1,9 @@
 """The route class that puts the rate-limit check in front of every endpoint.
 
 Every router of the service is created with `route_class=RateLimitedRoute` (FastAPI's own hook
-for wrapping a route's handler), and create_app refuses to start if a route was not: a route
-that escaped its limits would be found only in production. Routes marked `@limiter.exempt`
-(probes, /metrics) get their handler unchanged.
+for wrapping a route's handler), and the app refuses to start (check_routes, run by the
+lifespan) if a route was not: a route that escaped its limits would be found only in
+production. Routes marked `@limiter.exempt` (probes, /metrics) get their handler unchanged.
 
 Why here rather than in a middleware or an app-wide dependency: here the route is already
 matched (a middleware would have to route every request a second time to learn its template),
