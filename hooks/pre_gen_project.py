@@ -37,7 +37,7 @@ LIMIT_ITEM_RE = re.compile(
 )
 CHOICES = {
     "python_version": ("3.11", "3.12", "3.13"),
-    "ratelimit_strategy": ("moving-window", "sliding-window-counter", "fixed-window"),
+    "ratelimit_strategy": ("moving-window", "sliding-window-counter", "fixed-window", "gcra"),
     "redis_outage_policy": ("fail-open", "fail-closed"),
     "ci_provider": ("github", "none"),
 }

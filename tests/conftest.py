@@ -28,9 +28,10 @@ ANSWER_SETS: dict[str, dict[str, str]] = {
         "ratelimit_strategy": "sliding-window-counter",
         "ci_provider": "none",
     },
-    "py313-custom-plans": {
+    "py313-gcra-custom-plans": {
         "project_name": "Search",
         "python_version": "3.13",
+        "ratelimit_strategy": "gcra",
         "anonymous_limit": "5/second",
         "plans": {"basic": "20/minute", "premium": "200/minute;10000/day"},
     },

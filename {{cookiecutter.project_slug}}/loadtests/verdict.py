@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # How far each algorithm may exceed the quota within one window (the `limits` library docs).
-SLACK = {"moving-window": 1.0, "sliding-window-counter": 2.0, "fixed-window": 2.0}
+SLACK = {"moving-window": 1.0, "sliding-window-counter": 2.0, "fixed-window": 2.0, "gcra": 2.0}
 
 _POLICY_RE = re.compile(r'^\s*"([^"]*)"((?:;\s*[a-z]+=[^;,]*)*)\s*$')
 _QUOTA_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "ratelimit")

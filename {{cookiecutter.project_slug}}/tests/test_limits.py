@@ -1,5 +1,6 @@
 """The limits routes declare, counted in the real Redis at REDIS_URL."""
 
+import asyncio
 import re
 import time
 
@@ -10,7 +11,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 
 from .conftest import running_client, set_plan
 
-STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window"]
+STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -21,6 +22,19 @@ async def test_limit_admits_exactly_n_then_refuses(make_settings, database_url, 
     async with running_client(settings) as client:
         statuses = [(await client.get("/v1/items")).status_code for _ in range(8)]
     assert statuses == [200] * 5 + [429] * 3
+
+
+@pytest.mark.parametrize("where", ["redis", "memory"])
+async def test_gcra_refills_one_request_per_interval(make_settings, database_url, where):
+    await set_plan(database_url, "anonymous", "4/second")  # a bucket of 4, one back each 250 ms
+    overrides = {"redis_url": ""} if where == "memory" else {}
+    async with running_client(make_settings(ratelimit_strategy="gcra", **overrides)) as client:
+        burst = [await client.get("/v1/items") for _ in range(5)]
+        await asyncio.sleep(0.3)
+        later = [(await client.get("/v1/items")).status_code for _ in range(2)]
+    assert [r.status_code for r in burst] == [200] * 4 + [429]
+    assert burst[-1].headers["retry-after"] == "1"
+    assert later == [200, 429]
 
 
 async def test_429_is_problem_json_with_retry_after_and_quota_headers(make_settings):

@@ -19,7 +19,7 @@ from .observability.middleware import RequestContextMiddleware
 from .plans.directory import DATABASE_ERRORS, PlanDirectory
 from .plans.resolver import CallerResolver
 from .ratelimit import limiter
-from .ratelimit.counters import MemoryCounter, RedisCounter
+from .ratelimit.counters import RedisCounter, memory_counter
 from .ratelimit.enforcer import Enforcer
 from .ratelimit.guard import RateLimitGuard
 from .ratelimit.route import RateLimitedRoute, check_routes
@@ -74,11 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         timeout=settings.redis_timeout_seconds * 4,
                     )
                     if limit_storage.redis is not None
-                    else MemoryCounter(strategy)
+                    else memory_counter(strategy)
                 )
                 enforcer = Enforcer(
                     counter,
-                    fallback=MemoryCounter(strategy),
+                    fallback=memory_counter(strategy),
                     outage_policy=settings.ratelimit_outage_policy,
                     retry_interval=settings.redis_retry_interval_seconds,
                 )

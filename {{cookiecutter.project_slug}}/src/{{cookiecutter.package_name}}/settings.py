@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window"]
+Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 OutagePolicy = Literal["fail-open", "fail-closed"]
 
 

@@ -6,7 +6,8 @@
 --
 -- All or nothing: a request refused by one limit consumes none of the others. "reset" is when
 -- the limit frees capacity again (the oldest hit leaving a moving window, the end of a fixed
--- window, the weighted count falling low enough in a sliding window counter).
+-- window, the weighted count falling low enough in a sliding window counter); for GCRA, when
+-- a refused request would fit, or when an admitted one's bucket is full again.
 local strategy, nonce, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -17,7 +18,8 @@ for i = 1, n do
   local window = tonumber(ARGV[2 + 3 * i]) * 1000
   local cost = tonumber(ARGV[3 + 3 * i])
   local key = KEYS[i]
-  local count, reset, current_key
+  -- state: the sliding window counter's current key, or GCRA's new arrival time
+  local count, reset, state
   if strategy == 'moving-window' then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
     count = redis.call('ZCARD', key)
@@ -27,11 +29,12 @@ for i = 1, n do
     count = tonumber(redis.call('GET', key) or '0')
     local ttl = redis.call('PTTL', key)
     reset = now + (ttl > 0 and ttl or window)
-  else -- sliding-window-counter: this window's count plus the previous one's, weighted by
-       -- how much of the previous window still overlaps the sliding window
+  elseif strategy == 'sliding-window-counter' then
+    -- this window's count plus the previous one's, weighted by how much of the previous
+    -- window still overlaps the sliding window
     local index = math.floor(now / window)
-    current_key = key .. ':' .. index
-    local current = tonumber(redis.call('GET', current_key) or '0')
+    state = key .. ':' .. index
+    local current = tonumber(redis.call('GET', state) or '0')
     local previous = tonumber(redis.call('GET', key .. ':' .. (index - 1)) or '0')
     local into = now - index * window
     count = math.floor(previous * (window - into) / window) + current
@@ -47,15 +50,24 @@ for i = 1, n do
         reset = (index + 1) * window + math.ceil(math.max(share, 0) * window)
       end
     end
+  elseif strategy == 'gcra' then
+    -- A token bucket of `amount` tokens refilled over `window`, as the generic cell rate
+    -- algorithm: the key holds the theoretical arrival time (TAT) of the next request, in ms.
+    local interval = window / amount
+    local tat = math.max(tonumber(redis.call('GET', key) or '0'), now)
+    state = math.ceil(tat + interval * cost)
+    -- tokens in use; "count + cost <= amount" below is then "state - now <= window"
+    count = math.ceil((tat - now) / interval)
+    if count + cost <= amount then reset = state else reset = state - window end
   end
   local allowed = count + cost <= amount and 1 or 0
   if allowed == 0 then all_allowed = 0 end
-  limits[i] = {key, amount, window, cost, count, reset, allowed, current_key}
+  limits[i] = {key, amount, window, cost, count, reset, allowed, state}
 end
 
 if all_allowed == 1 then
   for i = 1, n do
-    local key, amount, window, cost, count, reset, allowed, current_key = unpack(limits[i])
+    local key, amount, window, cost, count, reset, allowed, state = unpack(limits[i])
     if strategy == 'moving-window' then
       for j = 1, cost do
         redis.call('ZADD', key, now, nonce .. ':' .. i .. ':' .. j)
@@ -65,9 +77,11 @@ if all_allowed == 1 then
     elseif strategy == 'fixed-window' then
       redis.call('INCRBY', key, cost)
       if count == 0 then redis.call('PEXPIRE', key, window) end
-    else
-      redis.call('INCRBY', current_key, cost)
-      redis.call('PEXPIRE', current_key, 2 * window)
+    elseif strategy == 'sliding-window-counter' then
+      redis.call('INCRBY', state, cost)
+      redis.call('PEXPIRE', state, 2 * window)
+    else -- gcra: the bucket is full again, and the key useless, once the TAT has passed
+      redis.call('SET', key, state, 'PX', math.max(state - now, 1))
     end
   end
 end

@@ -11,6 +11,7 @@ Redis (the embedded default, and the fail-open fallback).
 import asyncio
 import hashlib
 import itertools
+import math
 import time
 import uuid
 from importlib.resources import files
@@ -46,6 +47,11 @@ class Counter(Protocol):
         ...
 
 
+def memory_counter(strategy: Strategy) -> "MemoryCounter | MemoryGcra":
+    """Counts kept in this process: no Redis configured, or the fail-open fallback."""
+    return MemoryGcra() if strategy == "gcra" else MemoryCounter(strategy)
+
+
 class MemoryCounter:
     """Per-process counts with the `limits` library: not shared with any other instance."""
 
@@ -70,6 +76,44 @@ class MemoryCounter:
         return tuple(
             LimitResult(limit=limit, allowed=ok, remaining=stat.remaining, reset_at=stat.reset_time)
             for limit, ok, stat in zip(limits[: len(allowed)], allowed, stats, strict=True)
+        )
+
+
+class MemoryGcra:
+    """GCRA (a token bucket) in process memory, as check.lua does it in Redis.
+
+    Ours because the `limits` library has no GCRA. All or nothing, like the script.
+    """
+
+    def __init__(self) -> None:
+        # counter key -> theoretical arrival time of its next request (monotonic seconds)
+        self._arrivals: dict[tuple, float] = {}
+
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        now, wall = time.monotonic(), time.time()
+        planned = []
+        for limit in limit_set.limits:
+            key = (limit.subject or identity, limit.key_suffix)
+            interval = limit.window_seconds / limit.item.amount
+            arrival = max(self._arrivals.get(key, now), now)
+            after = arrival + interval * limit.cost
+            in_use = math.ceil((arrival - now) / interval - 1e-9)
+            allowed = in_use + limit.cost <= limit.item.amount
+            planned.append((limit, key, after, in_use, allowed))
+        admitted = all(allowed for *_, allowed in planned)
+        if admitted:
+            if len(self._arrivals) > 100_000:  # forget the buckets that are full again
+                self._arrivals = {k: v for k, v in self._arrivals.items() if v > now}
+            for _, key, after, _, _ in planned:
+                self._arrivals[key] = after
+        return tuple(
+            LimitResult(
+                limit,
+                allowed,
+                max(limit.item.amount - in_use - (limit.cost if admitted else 0), 0),
+                wall + (after if allowed else after - limit.window_seconds) - now,
+            )
+            for limit, _, after, in_use, allowed in planned
         )
 
 
