@@ -4,8 +4,8 @@ Why our own Redis script rather than `limits.aio`'s strategies: those take one r
 count a hit and another for the numbers the headers need, per limit, and charge a request's
 limits one by one. check.lua decides every limit of a request, and returns what the headers
 need, in one atomic call on the Redis clock; calls made in the same event-loop tick travel in
-one pipeline. `limits` still parses the limit strings, and counts in memory where there is no
-Redis (the embedded default, and the fail-open fallback).
+one write. `limits` still parses the limit strings, and counts in memory where there is no
+Redis (the embedded default, and the fail-open fallback), except for GCRA, which it lacks.
 """
 
 import asyncio
