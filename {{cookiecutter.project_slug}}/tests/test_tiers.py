@@ -141,11 +141,13 @@ MALFORMED = {
 async def test_a_bad_key_is_a_401_never_a_500(make_settings, headers):
     async with running_client(make_settings()) as client:
         response = await client.get("/v1/items", headers=headers)
+        unknown_path = await client.get("/v1/nowhere", headers=headers)
         health = await client.get("/health/live", headers=headers)
     assert response.status_code == 401
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["status"] == 401
+    assert unknown_path.status_code == 401  # checked before routing: no route is probed
     assert health.status_code == 200  # probes never look at credentials
 
 

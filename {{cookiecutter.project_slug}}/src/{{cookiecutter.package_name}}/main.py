@@ -22,6 +22,7 @@ from .ratelimit import limiter
 from .ratelimit.counters import RedisCounter, memory_counter
 from .ratelimit.enforcer import Enforcer
 from .ratelimit.guard import RateLimitGuard
+from .ratelimit.middleware import CallerMiddleware
 from .ratelimit.route import RateLimitedRoute, check_routes
 from .ratelimit.storage import open_limit_storage
 from .settings import Settings, get_settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ttl=settings.plan_cache_ttl_seconds,
         retry_interval=settings.database_retry_interval_seconds,
     )
+    resolver = CallerResolver(directory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     outage_policy=settings.ratelimit_outage_policy,
                     retry_interval=settings.redis_retry_interval_seconds,
                 )
-                app.state.ratelimit_guard = RateLimitGuard(CallerResolver(directory), enforcer)
+                app.state.ratelimit_guard = RateLimitGuard(resolver, enforcer)
                 with tuned_garbage_collector():  # last: what start-up made is there to stay
                     yield
         finally:
@@ -109,9 +111,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
 
-    # Middleware runs in the reverse order of addition: proxy headers, request context, CORS.
-    # The limit check runs in each route (ratelimit/route.py), inside all three, so 401s and
+    # Middleware runs in the reverse order of addition: proxy headers, request context, CORS,
+    # then the caller; the limit check runs in each route (ratelimit/route.py). So 401s and
     # 429s carry the request id and CORS headers.
+    app.add_middleware(CallerMiddleware, resolver=resolver)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

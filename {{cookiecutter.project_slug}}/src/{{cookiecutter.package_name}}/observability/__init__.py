@@ -5,7 +5,8 @@
 - middleware.py  request id in and out, quota headers, request counts, header and body caps
 """
 
-# The probes' and the metrics scrape's paths. Their routes are @limiter.exempt; nginx exempts
-# /health/ too, does not serve /metrics to the public, and the access log skips /health/.
+# Paths never attributed to a caller (ratelimit/middleware.py lets them through unresolved):
+# the probes and the metrics scrape. Their routes are @limiter.exempt; nginx exempts /health/
+# too and does not serve /metrics to the public.
 HEALTH_PREFIX = "/health/"
 METRICS_PATH = "/metrics"

@@ -2,8 +2,9 @@
 
 - limiter.py      the slowapi `Limiter` routes decorate (`@limiter.limit`, `shared_limit`, `exempt`)
 - caller.py       who is calling (identity and plan) as resolved for each request
+- middleware.py   resolves the caller (API key or client address) before routing: 401s here
 - route.py        RateLimitedRoute: the route class that runs the check before each endpoint
-- guard.py        the check itself: caller, limits, one count, and the refusal if any
+- guard.py        the check itself: limits, one count, and the refusal if any
 - rules.py        which limits apply to a request: the caller's plan plus the route's declarations
 - enforcer.py     decides a request's limits and applies the outage policy when Redis fails
 - counters.py     counts hits: in Redis (check.lua, one call per request) or in memory

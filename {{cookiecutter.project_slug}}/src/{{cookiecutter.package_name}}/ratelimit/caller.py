@@ -61,7 +61,7 @@ def client_address(scope: Scope) -> str:
 
 
 def current_caller(request: Request) -> Caller:
-    return request.scope["state"]["caller"]
+    return request.scope["state"]["caller"]  # put there by ratelimit/middleware.py
 
 
 def caller_key(request: Request) -> str:

@@ -1,4 +1,4 @@
-"""The check every limited route runs before its endpoint: who calls, which limits, one count.
+"""The check every limited route runs before its endpoint: which limits, one count, the answer.
 
 It runs after routing (see route.py), so it knows the matched route however it was mounted,
 and its template (`/v1/items/{item_id}`), and a refused request never reaches the endpoint or
@@ -18,6 +18,7 @@ from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS
 from ..plans.directory import PlansUnavailable
 from ..plans.resolver import CallerResolver, InvalidCredentials
 from .enforcer import Enforcer, StorageUnavailable
+from .middleware import CALLER_STATE_KEY
 from .responses import too_many_requests, unauthorized, unavailable
 from .rules import RouteLimits
 
@@ -41,14 +42,17 @@ class RateLimitGuard:
     async def refusal(self, request: Request, route: RouteLimits) -> Response | None:
         """The response refusing this request (401, 429, 503), or None to let it through."""
         scope = request.scope
-        try:
-            caller = await self._resolver.resolve(scope)
-        except InvalidCredentials as exc:
-            return unauthorized(str(exc), scope["path"])
-        except PlansUnavailable as exc:
-            return unavailable("Plans are temporarily unavailable.", scope["path"], exc.retry_after)
         state = scope["state"]
-        state["caller"] = caller
+        caller = state.get(CALLER_STATE_KEY)  # resolved by CallerMiddleware, before routing
+        if caller is None:  # a limited route under a path that middleware passes through
+            try:
+                caller = await self._resolver.resolve(scope)
+            except InvalidCredentials as exc:
+                return unauthorized(str(exc), scope["path"])
+            except PlansUnavailable as exc:
+                detail = "Plans are temporarily unavailable."
+                return unavailable(detail, scope["path"], exc.retry_after)
+            state[CALLER_STATE_KEY] = caller
         plan = caller.plan.name
         limit_set = route.for_request(request, caller.plan)
         started = time.perf_counter()
