@@ -15,11 +15,10 @@ from starlette.responses import Response
 
 from ..observability.logs import request_id_var
 from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
-from ..plans.directory import PlansUnavailable
-from ..plans.resolver import CallerResolver, InvalidCredentials
+from ..plans.resolver import CallerResolver
 from .enforcer import Enforcer, StorageUnavailable
-from .middleware import CALLER_STATE_KEY
-from .responses import too_many_requests, unauthorized, unavailable
+from .middleware import CALLER_STATE_KEY, identify
+from .responses import too_many_requests, unavailable
 from .rules import RouteLimits
 
 # Every refusal, once, on a logger of its own: route it to its own sink or alert on it.
@@ -45,13 +44,9 @@ class RateLimitGuard:
         state = scope["state"]
         caller = state.get(CALLER_STATE_KEY)  # resolved by CallerMiddleware, before routing
         if caller is None:  # a limited route under a path that middleware passes through
-            try:
-                caller = await self._resolver.resolve(scope)
-            except InvalidCredentials as exc:
-                return unauthorized(str(exc), scope["path"])
-            except PlansUnavailable as exc:
-                detail = "Plans are temporarily unavailable."
-                return unavailable(detail, scope["path"], exc.retry_after)
+            caller = await identify(self._resolver, scope)
+            if isinstance(caller, Response):
+                return caller
             state[CALLER_STATE_KEY] = caller
         plan = caller.plan.name
         limit_set = route.for_request(request, caller.plan)

@@ -8,14 +8,26 @@ the database is up. The caller is left in the request's state for the check (gua
 No wrapped `send` here: the quota headers are added by the request context middleware.
 """
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
 from ..plans.directory import PlansUnavailable
 from ..plans.resolver import CallerResolver, InvalidCredentials
+from .caller import Caller
 from .responses import unauthorized, unavailable
 
 CALLER_STATE_KEY = "caller"
+
+
+async def identify(resolver: CallerResolver, scope: Scope) -> Caller | Response:
+    """The request's caller, or the response refusing it: 401, or 503 while plans are away."""
+    try:
+        return await resolver.resolve(scope)
+    except InvalidCredentials as exc:
+        return unauthorized(str(exc), scope["path"])
+    except PlansUnavailable as exc:
+        return unavailable("Plans are temporarily unavailable.", scope["path"], exc.retry_after)
 
 
 class CallerMiddleware:
@@ -28,14 +40,9 @@ class CallerMiddleware:
         if scope["type"] != "http" or path.startswith(HEALTH_PREFIX) or path == METRICS_PATH:
             await self.app(scope, receive, send)
             return
-        try:
-            caller = await self.resolver.resolve(scope)
-        except InvalidCredentials as exc:
-            await unauthorized(str(exc), path)(scope, receive, send)
-            return
-        except PlansUnavailable as exc:
-            detail = "Plans are temporarily unavailable."
-            await unavailable(detail, path, exc.retry_after)(scope, receive, send)
+        caller = await identify(self.resolver, scope)
+        if isinstance(caller, Response):
+            await caller(scope, receive, send)
             return
         scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
         await self.app(scope, receive, send)

@@ -1,6 +1,6 @@
 """What a rate-limit check decided, limit by limit."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .rules import AppliedLimit, LimitSet
 
@@ -19,15 +19,15 @@ class Decision:
     results: tuple[LimitResult, ...]
     # True when Redis was unreachable and the in-memory, per-process fallback decided.
     fallback: bool = False
+    # The limit to report: the one that refused, else the one closest to refusing. Worked
+    # out once: the check, the 429 body and the quota headers all read it.
+    binding: LimitResult = field(init=False)
 
-    @property
-    def allowed(self) -> bool:
-        return all(result.allowed for result in self.results)
-
-    @property
-    def binding(self) -> LimitResult:
-        """The limit to report: the one that refused, else the one closest to refusing."""
-        for result in self.results:
-            if not result.allowed:
-                return result
-        return min(self.results, key=lambda result: (result.remaining, -result.reset_at))
+    def __post_init__(self) -> None:
+        refused = [result for result in self.results if not result.allowed]
+        binding = (
+            refused[0]
+            if refused
+            else min(self.results, key=lambda result: (result.remaining, -result.reset_at))
+        )
+        object.__setattr__(self, "binding", binding)

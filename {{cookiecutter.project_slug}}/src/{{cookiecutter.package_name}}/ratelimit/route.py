@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from .guard import RateLimitGuard
 from .limiter import limiter
-from .rules import RouteLimits, endpoint_name
+from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -50,7 +50,7 @@ def check_routes(app: FastAPI) -> None:
         if (
             isinstance(route, APIRoute)
             and not isinstance(route, RateLimitedRoute)
-            and endpoint_name(route.endpoint) not in limiter._exempt_routes
+            and not is_exempt(limiter, route.endpoint)
         ):
             raise TypeError(
                 f"route {context.path} is not rate limited: create its router with "

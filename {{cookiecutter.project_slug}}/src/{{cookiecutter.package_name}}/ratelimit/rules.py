@@ -72,6 +72,11 @@ def endpoint_name(endpoint: Callable[..., Any]) -> str:
     return f"{endpoint.__module__}.{endpoint.__name__}"
 
 
+def is_exempt(limiter: Limiter, endpoint: Callable[..., Any]) -> bool:
+    """Whether the route was marked `@limiter.exempt`."""
+    return endpoint_name(endpoint) in limiter._exempt_routes
+
+
 def _policy_names(bases: Sequence[str], items: Sequence[RateLimitItem]) -> list[str]:
     """One policy name per limit: its base name, suffixed by the window where a base repeats."""
     return [
@@ -96,7 +101,7 @@ class RouteLimits:
         name = endpoint_name(endpoint)
         self.path = path
         self.endpoint = endpoint
-        self.exempt = name in limiter._exempt_routes
+        self.exempt = is_exempt(limiter, endpoint)
         self._static: tuple[Limit, ...] = tuple(limiter._route_limits.get(name, ()))
         self._dynamic = tuple(limiter._dynamic_route_limits.get(name, ()))
         for group in self._dynamic:
