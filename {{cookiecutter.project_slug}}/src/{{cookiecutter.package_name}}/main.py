@@ -23,7 +23,7 @@ from .ratelimit.counters import RedisCounter, memory_counter
 from .ratelimit.enforcer import Enforcer
 from .ratelimit.guard import RateLimitGuard
 from .ratelimit.middleware import CallerMiddleware
-from .ratelimit.route import RateLimitedRoute, check_routes
+from .ratelimit.route import RateLimitedRoute, UnmatchedPaths, check_routes
 from .ratelimit.storage import open_limit_storage
 from .settings import Settings, get_settings
 
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ttl=settings.plan_cache_ttl_seconds,
         retry_interval=settings.database_retry_interval_seconds,
     )
-    resolver = CallerResolver(directory)
+    resolver = CallerResolver(directory, settings.anonymous_ipv6_prefix_length)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = limiter  # where slowapi's tooling expects to find it
     # Routes added with @app.get(...) are limited too; routers set route_class themselves.
     app.router.route_class = RateLimitedRoute
+    # A path no route matches is counted against the caller's plan too: a scan meets a 429.
+    app.router.default = UnmatchedPaths(app.router.default)
 
     # Requests are matched against routers in this order: the API first, since it is what
     # nearly every request asks for (each router tried before the matching one costs ~5 us).

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # header is ignored from anyone else, so a client cannot pick its own rate-limit identity.
     # Comma-separated, e.g. "10.0.0.0/8,172.16.0.0/12". Empty: no proxy is trusted.
     trusted_proxies: Annotated[list[str], NoDecode] = []
+    # Anonymous IPv6 callers are counted per network of this prefix length, not per address:
+    # one subscriber usually holds a whole /64 and could rotate through it for fresh budgets.
+    anonymous_ipv6_prefix_length: int = Field(default=64, ge=1, le=128)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -2,7 +2,7 @@
 
 from starlette.types import Scope
 
-from ..ratelimit.caller import Caller, client_address
+from ..ratelimit.caller import Caller, address_identity, client_address
 from .directory import PlanDirectory, PlansUnavailable
 from .keys import digest_matches, parse_key
 from .repository import ANONYMOUS
@@ -34,9 +34,14 @@ def read_api_key(scope: Scope) -> str | None:
     return keys[0]
 
 
+class UnusableClientAddress(Exception):
+    """A trusted proxy forwarded something that is not an address as the client's (400)."""
+
+
 class CallerResolver:
-    def __init__(self, directory: PlanDirectory) -> None:
+    def __init__(self, directory: PlanDirectory, ipv6_prefix_length: int = 64) -> None:
         self.directory = directory
+        self.ipv6_prefix_length = ipv6_prefix_length
 
     async def resolve(self, scope: Scope) -> Caller:
         raw_key = read_api_key(scope)
@@ -44,7 +49,17 @@ class CallerResolver:
             plan = await self.directory.plan(ANONYMOUS)
             if plan is None:  # a database without the seeded plans: not migrated
                 raise PlansUnavailable(retry_after=30)
-            return Caller(identity=f"ip:{client_address(scope)}", plan=plan)
+            host = client_address(scope)
+            identity = address_identity(host, self.ipv6_prefix_length)
+            if identity is None:
+                if scope.get("client") is not None:
+                    # Never a key of its own (each garbage string a fresh budget), and not
+                    # the proxy's address either (one client's garbage spending everyone's).
+                    raise UnusableClientAddress(
+                        "X-Forwarded-For from a trusted proxy does not end in a client address"
+                    )
+                identity = "ip:unknown"  # a server that knows no peer (a UNIX socket)
+            return Caller(identity=identity, plan=plan)
         parsed = parse_key(raw_key)
         if parsed is None:
             raise InvalidCredentials("malformed API key")

@@ -2,6 +2,8 @@
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from ipaddress import IPv6Address, ip_address, ip_network
 
 from limits import RateLimitItem, parse_many
 from starlette.requests import Request
@@ -50,14 +52,34 @@ class Caller:
 
 
 def client_address(scope: Scope) -> str:
-    """The real client address.
+    """The real client address, as text.
 
     When the direct peer is a trusted proxy, uvicorn's ProxyHeadersMiddleware (installed by
     create_app) has already replaced it with the address from X-Forwarded-For; from anyone
-    else the header is ignored.
+    else the header is ignored. The proxy copies that entry as it is, so it may not be an
+    address at all: address_identity() says so.
     """
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+@lru_cache(maxsize=65_536)  # parsing costs more than the lookup, and callers come back
+def address_identity(host: str, ipv6_prefix_length: int) -> str | None:
+    """The identity an anonymous caller at `host` is counted as, or None if it is no address.
+
+    One text per address (`2001:DB8:0:0::1` is `2001:db8::1`; `::ffff:1.2.3.4` is `1.2.3.4`),
+    and an IPv6 caller is counted by its network prefix (a /64 by default): one subscriber
+    usually holds a whole /64, and would otherwise get a fresh budget from every address in it.
+    """
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ip_network((address, ipv6_prefix_length), strict=False)}"
+    return f"ip:{address}"
 
 
 def current_caller(request: Request) -> Caller:

@@ -15,11 +15,30 @@ this Limiter never touches storage. slowapi is pinned exactly because the servic
 its registry layout.
 """
 
+from typing import TypeVar
+
 from slowapi import Limiter
 
 from .caller import caller_key
 
-limiter = Limiter(
+T = TypeVar("T")
+
+
+class DeclarationsLimiter(Limiter):
+    """slowapi's Limiter, deaf to slowapi's own configuration.
+
+    slowapi reads `RATELIMIT_*` variables from the environment and from `./.env` when the
+    Limiter is built (RATELIMIT_STRATEGY, RATELIMIT_ENABLED, RATELIMIT_DEFAULT, ...). Several
+    of those names are also this service's settings, with other meanings and values: slowapi
+    refused `RATELIMIT_STRATEGY=gcra` and the app crashed at import. Every knob of the service
+    is in settings.py; this object only holds declarations, so slowapi reads nothing.
+    """
+
+    def get_app_config(self, key: str, default_value: T = None) -> T:
+        return default_value
+
+
+limiter = DeclarationsLimiter(
     key_func=caller_key,
     auto_check=False,  # enforcement happens in guard.py, off the synchronous path
     headers_enabled=False,  # headers come from observability/middleware.py, with the decision

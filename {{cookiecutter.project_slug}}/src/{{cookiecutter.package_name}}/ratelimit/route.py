@@ -1,4 +1,5 @@
-"""The route class that puts the rate-limit check in front of every endpoint.
+"""The route class that puts the rate-limit check in front of every endpoint, and the rules
+that keep every other way into the app from escaping it.
 
 Every router of the service is created with `route_class=RateLimitedRoute` (FastAPI's own hook
 for wrapping a route's handler), and the app refuses to start (check_routes, run by the
@@ -9,6 +10,16 @@ Why here rather than in a middleware or an app-wide dependency: here the route i
 matched (a middleware would have to route every request a second time to learn its template),
 its declarations are read once when the route is built, and there is no dependency machinery
 to run per request.
+
+The other ways in:
+- a path that matches no route is checked against the caller's plan (one budget for every
+  unmatched path, under the template `<unmatched>`), so a scan of random paths meets a 429;
+- HEAD is answered by the GET route of the path and counted against the GET budget, as
+  Starlette's plain routes answer it;
+- WebSocket routes, mounted apps and plain Starlette routes cannot be checked here: the app
+  refuses to start with one, unless it is explicitly exempt (`@limiter.exempt` on the
+  endpoint, `exempt_app(...)` around a mounted app). FastAPI's own /docs, /redoc and
+  /openapi.json pages are exempt.
 """
 
 from collections.abc import Callable, Coroutine
@@ -18,12 +29,19 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .guard import RateLimitGuard
 from .limiter import limiter
 from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+# The route template that requests matching no route are counted and labelled under.
+UNMATCHED = "<unmatched>"
+# Set on an ASGI app by exempt_app(): mounted, it is served without the limiter.
+EXEMPT_APP_ATTRIBUTE = "ratelimit_exempt"
 
 
 class RateLimitedRoute(APIRoute):
@@ -34,25 +52,97 @@ class RateLimitedRoute(APIRoute):
             return handler
 
         async def limited_handler(request: Request) -> Response:
-            guard: RateLimitGuard = request.app.state.ratelimit_guard
-            refusal = await guard.refusal(request, limits)
-            if refusal is not None:
-                return refusal
+            if limiter.enabled:  # slowapi's switch, which tests of a user's own app turn off
+                guard: RateLimitGuard = request.app.state.ratelimit_guard
+                refusal = await guard.refusal(request, limits)
+                if refusal is not None:
+                    return refusal
             return await handler(request)
 
         return limited_handler
 
+    def _answers_head(self, scope: Scope) -> bool:
+        return scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in self.methods
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        # FastAPI's routes answer 405 to HEAD where Starlette's answer it as a GET without body.
+        match, child_scope = super().matches(scope)
+        if match is Match.PARTIAL and self._answers_head(scope):
+            match = Match.FULL
+        return match, child_scope
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._answers_head(scope):
+            await self.app(scope, receive, send)  # the server sends no body for HEAD
+        else:
+            await super().handle(scope, receive, send)
+
+
+def _unmatched_endpoint() -> None:
+    """Stands for every path no route matches, for the limits (plan limits only)."""
+
+
+class UnmatchedPaths:
+    """The router's answer to a path no route matches (404), behind the caller's plan limits."""
+
+    def __init__(self, not_found: ASGIApp) -> None:
+        self.not_found = not_found
+        self.limits = RouteLimits(limiter, _unmatched_endpoint, UNMATCHED)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and limiter.enabled:
+            request = Request(scope, receive)
+            guard: RateLimitGuard = request.app.state.ratelimit_guard
+            refusal = await guard.refusal(request, self.limits)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.not_found(scope, receive, send)
+
+
+def exempt_app(app: ASGIApp) -> ASGIApp:
+    """Mark an ASGI app to be mounted without limits (say, static files nginx does not serve):
+    `app.mount("/static", exempt_app(StaticFiles(directory="static")))`."""
+    setattr(app, EXEMPT_APP_ATTRIBUTE, True)
+    return app
+
+
+def _why_unlimited(app: FastAPI, route: BaseRoute) -> str | None:
+    """Why this route would be served without the check, or None when it is not."""
+    if isinstance(route, RateLimitedRoute):
+        return None
+    endpoint = getattr(route, "endpoint", None)
+    if endpoint is not None and is_exempt(limiter, endpoint):
+        return None
+    if isinstance(route, APIRoute):
+        return (
+            "is not rate limited: create its router with "
+            "APIRouter(route_class=RateLimitedRoute), or mark it @limiter.exempt"
+        )
+    if isinstance(route, Mount):
+        if getattr(route.app, EXEMPT_APP_ATTRIBUTE, False):
+            return None
+        return (
+            "is a mounted app, which the limiter cannot check: include its routes as a router, "
+            "or mount exempt_app(...) to serve it without limits"
+        )
+    path = getattr(route, "path", None)
+    if path in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url):
+        return None  # FastAPI's own documentation pages
+    if isinstance(route, WebSocketRoute):
+        return (
+            "is a WebSocket route, which the limiter cannot check: mark its endpoint "
+            "@limiter.exempt to serve it without limits (the API key is still checked)"
+        )
+    return (
+        f"is a {type(route).__name__}, which the limiter cannot check: add it to a router "
+        "with route_class=RateLimitedRoute, or mark its endpoint @limiter.exempt"
+    )
+
 
 def check_routes(app: FastAPI) -> None:
-    """Refuse to start when a route would go unlimited: it was not built as a RateLimitedRoute."""
+    """Refuse to start when a route would go unlimited."""
     for context in iter_route_contexts(app.routes):
-        route = context.original_route
-        if (
-            isinstance(route, APIRoute)
-            and not isinstance(route, RateLimitedRoute)
-            and not is_exempt(limiter, route.endpoint)
-        ):
-            raise TypeError(
-                f"route {context.path} is not rate limited: create its router with "
-                "APIRouter(route_class=RateLimitedRoute), or mark it @limiter.exempt"
-            )
+        reason = _why_unlimited(app, context.original_route)
+        if reason is not None:
+            raise TypeError(f"route {context.path} {reason}")

@@ -85,6 +85,12 @@ def _policy_names(bases: Sequence[str], items: Sequence[RateLimitItem]) -> list[
     ]
 
 
+def counted_method(request: Request) -> str:
+    """The method a request is counted as: HEAD is a GET without its body, and spends its budget."""
+    method = request.method
+    return "GET" if method == "HEAD" else method
+
+
 def _depends_on_request(limit: Limit) -> bool:
     return (
         limit.key_func is not caller_key
@@ -119,7 +125,7 @@ class RouteLimits:
     def for_request(self, request: Request, plan: Plan) -> LimitSet:
         if self._per_request:
             return self._work_out(request, plan)
-        key = (plan.name, request.method)
+        key = (plan.name, counted_method(request))
         kept = self._kept.get(key)
         if kept is not None and kept[0] is plan:  # a changed plan is a new Plan object
             return kept[1]
@@ -139,7 +145,7 @@ class RouteLimits:
         declared = list(self._static)
         for group in self._dynamic:
             declared.extend(group.with_request(request))
-        method = request.method.lower()
+        method = counted_method(request).lower()
         declared = [
             limit
             for limit in declared
