@@ -3,6 +3,7 @@ over the limit answered from memory. Counted on a Redis of the test's own."""
 
 import asyncio
 
+import pytest
 import redis
 
 from .conftest import running_client, set_plan
@@ -30,9 +31,18 @@ async def test_each_request_costs_one_script_call_whatever_its_limits(
     assert calls == 16
 
 
-async def test_a_refused_request_consumes_none_of_its_other_limits(make_settings, database_url):
+STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
+
+
+@pytest.mark.parametrize("where", ["redis", "memory"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_refused_request_consumes_none_of_its_other_limits(
+    make_settings, database_url, strategy, where
+):
+    # In memory: no REDIS_URL (the embedded default), as the fail-open fallback counts too.
     await set_plan(database_url, "anonymous", "100/minute")
-    async with running_client(make_settings()) as client:
+    overrides = {"redis_url": ""} if where == "memory" else {}
+    async with running_client(make_settings(ratelimit_strategy=strategy, **overrides)) as client:
         posts = [await client.post("/v1/items", json={"name": "n"}) for _ in range(12)]
         listing = await client.get("/v1/items")  # the same route template, so the same plan budget
     assert [r.status_code for r in posts] == [201] * 10 + [429] * 2

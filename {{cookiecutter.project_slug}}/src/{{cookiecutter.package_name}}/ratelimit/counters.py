@@ -59,24 +59,24 @@ class MemoryCounter:
         self._strategy = STRATEGIES[strategy](MemoryStorage())
 
     async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
-        limits = limit_set.limits
-        allowed = []
-        for limit in limits:
-            subject = limit.subject or identity
-            ok = await self._strategy.hit(limit.item, subject, *limit.namespace, cost=limit.cost)
-            allowed.append(ok)
-            if not ok:
-                break
-        stats = [
-            await self._strategy.get_window_stats(
-                limit.item, limit.subject or identity, *limit.namespace
-            )
-            for limit in limits[: len(allowed)]
+        """All or nothing, like check.lua: a request refused by one limit spends none of the
+        others, so every limit is tested before any is hit. Not atomic as the script is: memory
+        storage does no I/O, but its expiry task can hold a key's lock for a moment, and a
+        concurrent request of this process then passes between test and hit."""
+        strategy = self._strategy
+        counted = [(limit, limit.subject or identity) for limit in limit_set.limits]
+        allowed = [
+            await strategy.test(limit.item, subject, *limit.namespace, cost=limit.cost)
+            for limit, subject in counted
         ]
-        return tuple(
-            LimitResult(limit=limit, allowed=ok, remaining=stat.remaining, reset_at=stat.reset_time)
-            for limit, ok, stat in zip(limits[: len(allowed)], allowed, stats, strict=True)
-        )
+        if all(allowed):
+            for limit, subject in counted:
+                await strategy.hit(limit.item, subject, *limit.namespace, cost=limit.cost)
+        results = []
+        for (limit, subject), ok in zip(counted, allowed, strict=True):
+            stats = await strategy.get_window_stats(limit.item, subject, *limit.namespace)
+            results.append(LimitResult(limit, ok, stats.remaining, stats.reset_time))
+        return tuple(results)
 
 
 class MemoryGcra:
