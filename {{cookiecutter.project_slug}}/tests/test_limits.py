@@ -4,10 +4,13 @@ import asyncio
 import re
 import time
 
+import httpx
 import pytest
 from fastapi import APIRouter, Request
 
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.ratelimit import limiter
+from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute
 
 from .conftest import running_client, set_plan
 
@@ -71,6 +74,9 @@ async def test_admitted_responses_count_down_without_retry_after(make_settings):
     ]  # fmt: skip
     assert all("retry-after" not in r.headers for r in responses)
     assert all(r.headers["ratelimit-policy"] == '"anonymous";q=5;w=60' for r in responses)
+    now = time.time()
+    resets = [r.headers["x-ratelimit-reset"] for r in responses]
+    assert all(reset.isdigit() and now <= int(reset) <= now + 61 for reset in resets)
 
 
 async def test_key_is_the_route_template_not_the_raw_url(make_settings):
@@ -152,10 +158,70 @@ async def test_health_is_never_limited(make_settings, database_url):
     async with running_client(make_settings()) as client:
         responses = [await client.get(path) for path in ["/health/live", "/health/ready"] * 20]
         limited = await client.get("/v1/items")
-        await client.get("/v1/items")
+        second = await client.get("/v1/items")
     assert {r.status_code for r in responses} == {200}
     assert all("x-ratelimit-limit" not in r.headers for r in responses)
     assert limited.status_code == 200 and "x-ratelimit-limit" in limited.headers
+    assert second.status_code == 429  # the probes spent none of the caller's budget
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"X-API-Key": "sk_stale_key"}, {"Authorization": "Basic dXNlcjpwYXNz"}],
+    ids=["stale-key", "other-scheme"],
+)
+@pytest.mark.parametrize("probe", ["/health/live", "/health/ready"])
+async def test_probes_answer_whatever_credentials_they_carry(make_settings, probe, credentials):
+    # An orchestrator's probe may carry a stale key: a 401 there would kill a healthy pod.
+    async with running_client(make_settings()) as client:
+        response = await client.get(probe, headers=credentials)
+    assert response.status_code == 200
+
+
+async def test_two_routes_in_one_shared_limit_scope_share_its_budget(make_settings, database_url):
+    await set_plan(database_url, "anonymous", "100/minute")
+    settings = make_settings()
+    app = create_app(settings)
+    router = APIRouter(prefix="/v1/reports", route_class=RateLimitedRoute)
+
+    @router.get("/export")
+    @limiter.shared_limit("5/minute", scope="exports")  # the scope of /v1/items/export
+    async def export_reports(request: Request) -> list[str]:
+        return []
+
+    app.include_router(router)
+    async with running_client(settings, app=app) as client:
+        paths = ["/v1/items/export", "/v1/reports/export"] * 3
+        statuses = [(await client.get(path)).status_code for path in paths]
+    assert statuses == [200] * 5 + [429]
+
+
+async def test_two_processes_whose_first_requests_hit_different_paths_share_one_budget(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    # Limits worked out on a process's first request are kept for later ones: the key must
+    # come from the route template, never from the path that happened to come first.
+    env = {"REDIS_URL": redis_url, "RATELIMIT_KEY_PREFIX": key_prefix, "DATABASE_URL": database_url}
+    first, second = start_uvicorn(**env), start_uvicorn(**env)
+    async with httpx.AsyncClient(timeout=30) as client:
+        on_first = [(await client.get(f"{first}/v1/items/1")).status_code for _ in range(3)]
+        on_second = [(await client.get(f"{second}/v1/items/2")).status_code for _ in range(2)]
+        over = await client.get(f"{second}/v1/items/3")
+    assert on_first + on_second == [404] * 5  # items that do not exist, each counted
+    assert over.status_code == 429
+
+
+async def test_a_moving_window_refusal_is_admitted_again_once_the_window_moves(
+    make_settings, database_url
+):
+    await set_plan(database_url, "anonymous", "2/second")
+    async with running_client(make_settings(ratelimit_strategy="moving-window")) as client:
+        burst = [await client.get("/v1/items") for _ in range(3)]
+        await asyncio.sleep(1.1)
+        later = await client.get("/v1/items")
+    assert [r.status_code for r in burst] == [200, 200, 429]
+    assert burst[-1].headers["ratelimit-policy"] == '"anonymous";q=2;w=1'
+    assert later.status_code == 200
 
 
 async def test_readiness_reports_redis(make_settings):

@@ -18,7 +18,8 @@ async def test_the_request_id_comes_from_the_proxy_or_is_made_and_is_echoed(make
     assert forwarded.headers["x-request-id"] == "nginx-req-0001"
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["x-request-id"])
     assert re.fullmatch(r"[0-9a-f]{32}", junk.headers["x-request-id"])
-    assert probe.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", probe.headers["x-request-id"])
+    assert len({made.headers["x-request-id"], junk.headers["x-request-id"]}) == 2
 
 
 async def test_each_refusal_is_logged_once_on_the_ratelimit_logger(make_settings, caplog):

@@ -83,14 +83,15 @@ async def test_an_oversized_chunked_body_is_a_413(make_settings):
     assert response.status_code == 413
 
 
-def test_oversized_headers_are_refused_with_a_4xx(
+def test_oversized_headers_are_refused_with_a_431(
     start_uvicorn, redis_url, key_prefix, database_url
 ):
     base_url = start_uvicorn(
         REDIS_URL=redis_url, RATELIMIT_KEY_PREFIX=key_prefix, DATABASE_URL=database_url
     )
     response = httpx.get(f"{base_url}/v1/items", headers={"X-Filler": "x" * 200_000})
-    assert 400 <= response.status_code < 500
+    assert response.status_code == 431
+    assert response.headers["content-type"] == "application/problem+json"
 
 
 def test_schemathesis_finds_no_server_error(start_uvicorn, redis_url, key_prefix, database_url):
