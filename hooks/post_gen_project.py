@@ -5,6 +5,7 @@ Short verb-named steps called from main(), in the manner of cookiecutter-django'
 
 import secrets
 import shutil
+import sys
 from pathlib import Path
 
 PROJECT = Path.cwd()
@@ -18,13 +19,20 @@ def remove_ci_workflow() -> None:
 
 
 def write_env_file() -> None:
-    """Copy .env.example to .env with every secret placeholder replaced by a fresh random value."""
+    """Copy .env.example to .env with every secret placeholder replaced by a fresh random value.
+
+    An existing .env is the user's (re-baking with -f or --replay lands here): its secrets already
+    live in a database volume and it may hold lines of their own, so it is never rewritten.
+    """
+    env_file = PROJECT / ".env"
+    if env_file.exists():
+        print("kept the existing .env; compare it with .env.example for new keys", file=sys.stderr)
+        return
     lines = []
     for line in (PROJECT / ".env.example").read_text().splitlines():
         while SECRET_PLACEHOLDER in line:
             line = line.replace(SECRET_PLACEHOLDER, secrets.token_urlsafe(32), 1)
         lines.append(line)
-    env_file = PROJECT / ".env"
     env_file.write_text("\n".join(lines) + "\n")
     env_file.chmod(0o600)
 

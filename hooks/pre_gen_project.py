@@ -9,16 +9,24 @@ import keyword
 import re
 import sys
 
-ANSWERS = {
-    "project_slug": "{{ cookiecutter.project_slug }}",
-    "package_name": "{{ cookiecutter.package_name }}",
-    "python_version": "{{ cookiecutter.python_version }}",
-    "ratelimit_strategy": "{{ cookiecutter.ratelimit_strategy }}",
-    "redis_outage_policy": "{{ cookiecutter.redis_outage_policy }}",
-    "anonymous_limit": "{{ cookiecutter.anonymous_limit }}",
-    "ci_provider": "{{ cookiecutter.ci_provider }}",
-}
-# A JSON object (name -> limits); tojson escapes quotes, so the raw string cannot be cut short.
+# JSON rendered by tojson, which escapes quotes: an answer with a quote in it cannot cut the raw
+# string short, so it gets its one-line error instead of a SyntaxError in this script.
+ANSWERS: dict[str, str] = json.loads(
+    r"""{{ {
+        "project_name": cookiecutter.project_name,
+        "description": cookiecutter.description,
+        "author_name": cookiecutter.author_name,
+        "author_email": cookiecutter.author_email,
+        "project_slug": cookiecutter.project_slug,
+        "package_name": cookiecutter.package_name,
+        "python_version": cookiecutter.python_version,
+        "ratelimit_strategy": cookiecutter.ratelimit_strategy,
+        "redis_outage_policy": cookiecutter.redis_outage_policy,
+        "anonymous_limit": cookiecutter.anonymous_limit,
+        "ci_provider": cookiecutter.ci_provider,
+    } | tojson }}"""
+)
+# A JSON object (name -> limits).
 PLANS = json.loads(r"""{{ cookiecutter.plans | tojson }}""")
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -60,6 +68,16 @@ def check_package_name(value: str) -> str | None:
     return None
 
 
+# Free text written into Python and TOML string literals of the service as it is.
+TEXT_FIELDS = ("project_name", "description", "author_name", "author_email")
+
+
+def check_text(value: str) -> str | None:
+    if any(char in value for char in '"\\\n\r'):
+        return "must not contain double quotes, backslashes or line breaks"
+    return None
+
+
 def check_limit(value: str) -> str | None:
     form = "must be one or more limits like '60/minute' or '10 per second;1000/day', above zero"
     parts = re.split(r"[,;|]", value)
@@ -92,11 +110,17 @@ def check_plans(plans: object) -> list[str]:
 
 def validate(answers: dict[str, str], plans: object) -> list[str]:
     errors = check_plans(plans)
+    slug, package = answers["project_slug"], answers["package_name"]
+    # A package name derived from a bad slug is fixed by fixing the slug: one line, not two.
+    derived_from_bad_slug = package == slug.replace("-", "_") and check_slug(slug) is not None
     for field, check in (
+        *((field, check_text) for field in TEXT_FIELDS),
         ("project_slug", check_slug),
         ("package_name", check_package_name),
         ("anonymous_limit", check_limit),
     ):
+        if field == "package_name" and derived_from_bad_slug:
+            continue
         problem = check(answers[field])
         if problem:
             errors.append(f"{field}: {answers[field]!r} {problem}")
