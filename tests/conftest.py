@@ -2,9 +2,10 @@
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
-import venv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -58,41 +59,74 @@ def run(
     )
 
 
-@pytest.fixture(scope="session")
-def service_venv(tmp_path_factory) -> Path:
-    """One virtualenv with the baked service's dependencies, shared by every baked suite.
+# Interpreters for the answer sets' Python versions (a bake runs on the version it names).
+PYTHON_INTERPRETERS = {
+    "3.11": "/root/.pyenv/versions/3.11.7/bin/python3.11",
+    "3.12": "/root/.pyenv/versions/3.12.1/bin/python3.12",
+    "3.13": "/root/.pyenv/versions/3.13.0/bin/python3.13",
+}
+THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-    Kept across runs under ~/.cache, keyed by the dependency files, because installing them is
-    the slow part; each baked project is then installed into it with --no-deps.
+
+def python_for(version: str) -> str:
+    """An interpreter of Python `version`: this one, the pyenv one, else pythonX.Y on the PATH."""
+    if version == THIS_PYTHON:
+        return sys.executable
+    known = PYTHON_INTERPRETERS.get(version)
+    found = known if known and Path(known).exists() else shutil.which(f"python{version}")
+    if found is None:
+        pytest.fail(f"no Python {version} interpreter: install python{version}", pytrace=False)
+    return found
+
+
+def build_service_venv(version: str, bake_dir: Path) -> Path:
+    """A virtualenv of Python `version` with the baked service's dependencies.
+
+    Kept across runs under ~/.cache, keyed by the dependency files and the interpreter, because
+    installing them is the slow part; each baked project is then installed into it with --no-deps.
     """
+    python = python_for(version)
+    interpreter = run([python, "-c", "import sys; print(sys.version)"], cwd=bake_dir, timeout=60)
     digest = hashlib.sha256(
         (SERVICE_TEMPLATE / "pyproject.toml").read_bytes()
         + (SERVICE_TEMPLATE / "constraints.txt").read_bytes()
-        + sys.version.encode()
+        + interpreter.stdout.strip().encode()
     ).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     path = cache / "ratelimit-template" / f"service-venv-{digest}"
     marker = path / ".complete"
-    if not marker.exists():
-        venv.create(path, with_pip=True, clear=True)
-        # Install the dependencies of a default bake (names do not change dependencies).
-        from cookiecutter.main import cookiecutter
+    if marker.exists():
+        return path
+    created = run([python, "-m", "venv", "--clear", str(path)], cwd=bake_dir, timeout=300)
+    assert created.returncode == 0, created.stdout + created.stderr
+    # Install the dependencies of a default bake (names do not change dependencies).
+    from cookiecutter.main import cookiecutter
 
-        bake_dir = tmp_path_factory.mktemp("venv-bake")
-        project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(bake_dir)))
-        done = run(
-            [
-                str(path / "bin" / "pip"),
-                "install",
-                "-q",
-                "-c",
-                "constraints.txt",
-                ".[dev,loadtest]",
-            ],
-            cwd=project,
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        done = run([str(path / "bin" / "pip"), "uninstall", "-q", "-y", project.name], cwd=project)
-        assert done.returncode == 0, done.stdout + done.stderr
-        marker.touch()
+    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(bake_dir)))
+    pip = str(path / "bin" / "pip")
+    install = [pip, "install", "-q", "-c", "constraints.txt", ".[dev,loadtest]"]
+    done = run(install, cwd=project, timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = run([pip, "uninstall", "-q", "-y", project.name], cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    marker.touch()
     return path
+
+
+@pytest.fixture(scope="session")
+def service_venvs(tmp_path_factory) -> Callable[[str], Path]:
+    """`service_venvs("3.12")`: the cached service virtualenv of that Python version."""
+    built: dict[str, Path] = {}
+
+    def venv_for(version: str) -> Path:
+        if version not in built:
+            built[version] = build_service_venv(version, tmp_path_factory.mktemp("venv-bake"))
+        return built[version]
+
+    return venv_for
+
+
+@pytest.fixture(scope="session")
+def service_venv(service_venvs) -> Path:
+    """The service virtualenv of this interpreter's Python, shared by every baked suite."""
+    return service_venvs(THIS_PYTHON)

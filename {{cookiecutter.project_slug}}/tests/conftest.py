@@ -14,8 +14,10 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -33,17 +35,56 @@ from {{ cookiecutter.package_name }}.settings import Settings
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 # A Postgres where the suite may create (and drop) databases of its own.
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# compose.yaml publishes neither Redis nor Postgres on the host, hence plain `docker run`.
 HOW_TO_START_REDIS = (
-    "start one with `docker compose up -d redis` or "
-    "`redis-server --daemonize yes --port 6379 --save '' --appendonly no`, "
-    "or point REDIS_URL at a running Redis"
+    "start one with `docker run -d --rm -p 127.0.0.1:6379:6379 redis:7.4-alpine` "
+    "or `sudo apt-get install redis-server` (macOS: `brew install redis && brew services start "
+    "redis`), or point REDIS_URL at a running Redis"
 )
 HOW_TO_START_POSTGRES = (
-    "start one with `docker compose up -d postgres` or "
-    "`pg_ctlcluster 15 main start`, or point DATABASE_URL at a Postgres where this user "
-    "may create databases"
+    "start one with `docker run -d --rm -p 127.0.0.1:5432:5432 "
+    "-e POSTGRES_HOST_AUTH_METHOD=trust postgres:17-alpine` or `sudo apt-get install postgresql`, "
+    "or point DATABASE_URL at a Postgres where this user may create databases"
 )
 TEST_DB_PREFIX = "test_{{ cookiecutter.package_name }}_"
+
+
+def _tcp_address(url: str, default_port: int) -> tuple[str, int] | None:
+    """The host and port of a URL, or None when it has none (a Unix socket, a list of hosts)."""
+    try:
+        parsed = urlsplit(url)
+        return (parsed.hostname, parsed.port or default_port) if parsed.hostname else None
+    except ValueError:
+        return None
+
+
+def _accepts_connections(address: tuple[str, int] | None) -> bool:
+    if address is None:
+        return True  # nothing to check here: the fixtures will say what is wrong
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop in the first second, one line a service, when Redis or Postgres is not running."""
+    services = [
+        ("Redis", "REDIS_URL", _tcp_address(REDIS_URL, 6379), HOW_TO_START_REDIS),
+        ("Postgres", "DATABASE_URL", _tcp_address(DATABASE_URL, 5432), HOW_TO_START_POSTGRES),
+    ]
+    with ThreadPoolExecutor() as pool:  # both at once: a second in all, at most
+        up = list(pool.map(_accepts_connections, [address for _, _, address, _ in services]))
+    missing = [
+        f"{name} is not running at {address[0]}:{address[1]} ({variable}): {how}"
+        for (name, variable, address, how), running in zip(services, up, strict=True)
+        if not running and address is not None
+    ]
+    if missing:
+        # Written here, once: pytest repeats an exit reason, and these lines are long.
+        print(*missing, sep="\n", file=sys.stderr)
+        pytest.exit("the tests need Redis and Postgres", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def _url_for(database: str) -> str:
@@ -268,10 +309,10 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start the service as the README does (uvicorn), in its own process; returns its base URL."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(**env: str) -> str:
+    def start(app: str = "{{ cookiecutter.package_name }}.main:app", **env: str) -> str:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
+            [sys.executable, "-m", "uvicorn", app,
              "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
              "--log-level", "warning"],
             cwd=tmp_path,  # away from the project's .env: the test decides every setting

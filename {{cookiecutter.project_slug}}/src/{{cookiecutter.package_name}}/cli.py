@@ -9,12 +9,16 @@ import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from . import dev
 from .database import create_engine, database_url, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
-from .settings import get_settings
+from .plans.directory import DATABASE_ERRORS
+from .settings import Settings, get_settings
 
 
 def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
@@ -143,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest.add_parser("cleanup", help="revoke every load-test key").set_defaults(
         handler=loadtest_cleanup
     )
+    dev.add_parser(groups)
     return parser
 
 
@@ -155,16 +160,45 @@ async def run(handler: Command, args: argparse.Namespace) -> None:
         await engine.dispose()
 
 
+def _database_problem(settings: Settings, exc: BaseException) -> str:
+    """One line for a database the command cannot use: which (password masked), why, what to do."""
+    try:
+        where = make_url(settings.database_url or database_url(settings))
+        shown = where.render_as_string(hide_password=True)
+    except ArgumentError:
+        shown = "DATABASE_URL (not a database URL)"
+    driver_error = getattr(exc, "orig", None) or exc  # the driver's own error, not SQLAlchemy's
+    reason = (str(driver_error).strip().splitlines() or [type(driver_error).__name__])[0]
+    sqlstate = getattr(driver_error, "sqlstate", None) or ""
+    if isinstance(exc, OSError | TimeoutError) or sqlstate.startswith(("08", "57P")):
+        advice = "start Postgres there, or set DATABASE_URL to a running one"
+    elif sqlstate.startswith(("28", "3D")):
+        advice = "create the role and the database (the README shows how), or set DATABASE_URL"
+    elif sqlstate == "42P01" or "no such table" in reason:
+        advice = "run `{{ cookiecutter.project_slug }} db upgrade` first"
+    else:
+        advice = "check DATABASE_URL"
+    return f"error: database {shown}: {reason}; {advice}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.group == "dev":
+        return dev.main(args)
     try:
         if args.handler is None:
-            upgrade_to_head(database_url(get_settings()))
-            print("database is at the latest migration")
+            upgrade = upgrade_to_head(database_url(get_settings()))
+            if upgrade.applied:
+                print(f"applied {', '.join(upgrade.applied)}")
+            else:
+                print(f"nothing to do: the database is at the latest revision, {upgrade.current}")
         else:
             asyncio.run(run(args.handler, args))
     except (ValueError, repository.NotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DATABASE_ERRORS as exc:
+        print(_database_problem(get_settings(), exc), file=sys.stderr)
         return 2
     return 0
 
