@@ -49,6 +49,16 @@ def psql(sql: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def forget(database: str, key_prefix: str) -> None:
+    """Drop a test's own database and delete its Redis keys (SCAN, never KEYS or FLUSHALL)."""
+    psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    shared = redis.Redis.from_url(REDIS_URL)
+    keys = list(shared.scan_iter(match=f"{key_prefix}:*", count=1000))
+    if keys:
+        shared.delete(*keys)
+    shared.close()
+
+
 @dataclass
 class Stack:
     project: Path
@@ -126,12 +136,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.processes.clear()
-        psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        shared = redis.Redis.from_url(REDIS_URL)
-        keys = list(shared.scan_iter(match=f"{self.key_prefix}:*", count=1000))
-        if keys:
-            shared.delete(*keys)
-        shared.close()
+        forget(self.database, self.key_prefix)
 
     def upstream_log(self) -> list[str]:
         return (self.workdir / "nginx" / "access.log").read_text().splitlines()

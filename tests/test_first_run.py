@@ -23,10 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from .conftest import ANSWER_SETS, bake_ok, run
-from .stack import ADMIN_DATABASE_URL, REDIS_URL, free_port, psql
+from .stack import ADMIN_DATABASE_URL, REDIS_URL, forget, free_port, psql
 
 ROUTE = "/v1/items"
 
@@ -134,12 +133,7 @@ def own_database_and_prefix() -> Iterator[tuple[str, str]]:
     try:
         yield f"{ADMIN_DATABASE_URL.rpartition('/')[0]}/{database}", prefix
     finally:
-        psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        shared = redis.Redis.from_url(REDIS_URL)
-        keys = list(shared.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            shared.delete(*keys)
-        shared.close()
+        forget(database, prefix)
 
 
 @pytest.mark.parametrize("answer_set", list(ANSWER_SETS))

@@ -17,7 +17,7 @@ from . import dev
 from .database import create_engine, database_url, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
-from .plans.directory import DATABASE_ERRORS
+from .plans.cache import DATABASE_ERRORS
 from .settings import Settings, get_settings
 
 

@@ -2,11 +2,9 @@
 
 Why: a request that waits on Redis keeps its objects alive across an `await`, so with many
 requests in flight the collector's young generation fills up every few requests and its
-collections promote those objects until a full collection walks the whole heap: ~130,000
-objects of imported modules (FastAPI, SQLAlchemy, pydantic...) that never become garbage.
-Measured on the generated service (32 requests in flight): 570 young and 3 full collections
-per 6,400 requests, ~50 us of collector time per request and p99 latency of ~100 ms under
-load, against ~15 ms with these settings.
+collections promote those objects until a full collection walks the whole heap: the objects of
+imported modules (FastAPI, SQLAlchemy, pydantic...) that never become garbage. That cost shows
+as CPU per request and as p99 latency under load (figures: the README's performance section).
 
 - gc.freeze() moves everything alive after start-up out of the collector's sight.
 - A higher first threshold lets the objects of in-flight requests die by reference counting,

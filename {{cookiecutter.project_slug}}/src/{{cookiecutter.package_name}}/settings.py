@@ -6,12 +6,15 @@ pydantic-settings docs: https://docs.pydantic.dev/latest/concepts/pydantic_setti
 
 from functools import lru_cache
 from ipaddress import ip_network
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+# The limiting algorithms: the one list (ratelimit/counting.py implements each, check.lua has a
+# branch for each, and the template's tests check its cookiecutter.json and hook agree).
 Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 OutagePolicy = Literal["fail-open", "fail-closed"]
 
 
@@ -43,7 +46,7 @@ class Settings(BaseSettings):
     # Redis connections per process. Requests beyond it wait for a free connection rather than
     # failing: a busy moment is not an outage. One event loop keeps a few connections busy at
     # most; a large pool only means a burst opens many connections at once, and their
-    # handshakes can then exceed the connect timeout (measured: 100 does, 20 does not).
+    # handshakes can then exceed the connect timeout.
     redis_max_connections: int = Field(default=20, ge=1)
     # After a Redis failure, requests skip Redis (and follow the outage policy) for this long
     # before one of them tries again, so an outage does not cost every request a timeout.

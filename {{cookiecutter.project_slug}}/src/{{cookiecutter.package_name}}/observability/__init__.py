@@ -1,8 +1,10 @@
-"""Logs, request ids and Prometheus metrics.
+"""Logs, request ids and Prometheus metrics: a leaf every other part may call, which imports
+none of them.
 
 - logs.py        JSON log lines on stderr, with the request id; health probes kept out
-- metrics.py     the Prometheus metrics, and the /metrics route
-- middleware.py  request id in and out, quota headers, request counts, header and body caps
+- metrics.py     the Prometheus metrics (served by api/routes/metrics.py)
+- middleware.py  request id in and out, headers other parts leave for the response, request
+                 counts, header and body caps
 """
 
 # Paths never attributed to a caller (ratelimit/middleware.py lets them through unresolved):

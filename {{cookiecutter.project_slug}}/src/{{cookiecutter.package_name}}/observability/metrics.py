@@ -1,4 +1,4 @@
-"""Prometheus metrics (prometheus-client), served at /metrics for the scraper.
+"""Prometheus metrics (prometheus-client), served at /metrics (api/routes/metrics.py).
 
 Labels are route templates, plan names and outcomes, never raw paths, addresses or keys: their
 number stays bounded and nothing secret leaves the process. One process per container: the
@@ -8,12 +8,7 @@ mode).
 
 from functools import lru_cache
 
-from fastapi import APIRouter
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
-
-from ..ratelimit import limiter
-from . import METRICS_PATH
+from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 RATELIMIT_DECISIONS = Counter(
@@ -40,12 +35,3 @@ PLAN_CACHE = Counter(
 def child(metric: Counter, *labels: str) -> Counter:
     """`metric.labels(*labels)`, kept: prometheus-client validates and locks on every call."""
     return metric.labels(*labels)
-
-
-router = APIRouter()
-
-
-@router.get(METRICS_PATH, include_in_schema=False)
-@limiter.exempt
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,5 +1,6 @@
-"""Pure ASGI middleware around every request: the request id in and out, the quota headers,
-the count of every answer, and caps on the size of request headers and body.
+"""Pure ASGI middleware around every request: the request id in and out, the headers other
+parts leave for the response (the quota headers), the count of every answer, and caps on the
+size of request headers and body.
 
 A body announced larger than MAX_BODY_SIZE_BYTES (Content-Length) is refused with a 413 before
 anything else runs, so it costs no quota. A chunked body has no announced size: Starlette's
@@ -15,18 +16,19 @@ endpoints cannot spare (see bench/ in the template).
 
 import random
 import re
-import time
 
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..ratelimit.guard import DECISION_STATE_KEY
-from ..ratelimit.headers import quota_headers
-from ..ratelimit.responses import problem
+from ..problems import problem
 from .logs import request_id_var
 from .metrics import REQUESTS, child
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{8,128}")
+
+# Where a part of the app (the rate limiter: its quota headers) may leave, in the request's
+# state, a callable returning headers to add to the response; called when the response starts.
+RESPONSE_HEADERS_STATE_KEY = "response_headers"
 
 
 class RequestContextMiddleware:
@@ -69,9 +71,9 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
-                decision = state.get(DECISION_STATE_KEY)
-                if decision is not None:
-                    headers += quota_headers(decision, time.time())
+                more_headers = state.get(RESPONSE_HEADERS_STATE_KEY)
+                if more_headers is not None:
+                    headers += more_headers()
                 message["headers"] = headers
             await send(message)
 

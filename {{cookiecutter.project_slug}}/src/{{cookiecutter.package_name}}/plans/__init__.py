@@ -1,8 +1,10 @@
 """Subscription plans and API keys: stored in the database, resolved through an in-process cache.
 
-- models.py     the `plans` and `api_keys` tables (SQLAlchemy 2)
-- keys.py       API key format: generation, parsing, hashing (pure functions)
-- repository.py the queries, used by the cache and by the CLI
-- directory.py  the in-process TTL cache the request path reads (no query per request)
-- resolver.py   request credentials -> Caller (plan + stable identity), or why not
+- plan.py        a plan as the limiter uses it, and the grammar of limit strings
+- models.py      the `plans` and `api_keys` tables (SQLAlchemy 2)
+- keys.py        API key format: generation, parsing, hashing (pure functions)
+- repository.py  the queries, used by the cache and by the CLI
+- cache.py       the in-process TTL cache the request path reads (no query per request)
+- caller.py      request credentials or client address -> Caller (plan + stable identity)
+- service.py     the parts wired together, with their start-up and shutdown
 """

@@ -1,15 +1,13 @@
-"""Queries on plans and API keys. The request path reaches them only through directory.py."""
+"""Queries on plans and API keys. The request path reaches them only through cache.py."""
 
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..ratelimit.caller import Plan, parse_limits
 from .keys import generate_key, hash_key
 from .models import ApiKeyRow, PlanRow
-
-ANONYMOUS = "anonymous"
+from .plan import ANONYMOUS, Plan, parse_limits
 
 
 class NotFound(LookupError):

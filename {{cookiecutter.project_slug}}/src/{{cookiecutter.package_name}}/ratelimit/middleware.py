@@ -5,7 +5,7 @@ while the plans database is away a 503, before any route runs; so is a WebSocket
 (denied with the same answer, or closed with code 1008 by a server that cannot send one). The
 probes and the metrics scrape are passed through unresolved: they answer whatever the
 credentials, and whether or not the database is up. The caller is left in the request's state
-for the check (guard.py).
+for the check (route.py).
 
 No wrapped `send` here: the quota headers are added by the request context middleware.
 """
@@ -15,12 +15,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
-from ..plans.directory import PlansUnavailable
-from ..plans.resolver import CallerResolver, InvalidCredentials, UnusableClientAddress
-from .caller import Caller
-from .responses import problem, unauthorized, unavailable
-
-CALLER_STATE_KEY = "caller"
+from ..outages import Unavailable
+from ..plans.caller import Caller, CallerResolver, InvalidCredentials, UnusableClientAddress
+from ..problems import unavailable
+from .limiter import CALLER_STATE_KEY
+from .responses import bad_request, unauthorized
 
 
 async def identify(resolver: CallerResolver, scope: Scope) -> Caller | Response:
@@ -30,9 +29,9 @@ async def identify(resolver: CallerResolver, scope: Scope) -> Caller | Response:
     except InvalidCredentials as exc:
         return unauthorized(str(exc), scope["path"])
     except UnusableClientAddress as exc:
-        return problem(400, "Bad Request", str(exc), scope["path"])
-    except PlansUnavailable as exc:
-        return unavailable("Plans are temporarily unavailable.", scope["path"], exc.retry_after)
+        return bad_request(str(exc), scope["path"])
+    except Unavailable as exc:
+        return unavailable(exc.detail, scope["path"], exc.retry_after)
 
 
 async def deny_websocket(response: Response, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,29 +1,19 @@
-"""problem+json (RFC 9457) bodies for refusals (401, 429, 503): one machine-readable shape.
+"""What the limiter answers: the problem+json refusals (401, 400, 429; 503 is problems.py's)
+and the quota headers of every limited response.
 
-The quota headers (and Retry-After on a 429) are added on the way out by the request context
-middleware, from the decision the check left in the request's state.
+- X-RateLimit-Limit / -Remaining / -Reset: the de-facto headers; Reset is an integer epoch
+  (slowapi sends a float, which clients parsing integers reject).
+- RateLimit-Policy / RateLimit: IETF draft-ietf-httpapi-ratelimit-headers-10, e.g.
+  `RateLimit-Policy: "anonymous";q=60;w=60` and `RateLimit: "anonymous";r=0;t=17`.
+  https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/
+- Retry-After: integer seconds, only on refusals (slowapi also sends it on 200s).
 """
 
-from starlette.responses import JSONResponse
+import math
+import time
 
-from .results import Decision
-
-
-class ProblemResponse(JSONResponse):
-    media_type = "application/problem+json"
-
-
-def problem(
-    status: int, title: str, detail: str, instance: str, **extra: object
-) -> ProblemResponse:
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-    }
-    return ProblemResponse(body | extra, status_code=status)
+from ..problems import ProblemResponse, problem
+from .counting import Decision
 
 
 def unauthorized(detail: str, instance: str) -> ProblemResponse:
@@ -32,14 +22,38 @@ def unauthorized(detail: str, instance: str) -> ProblemResponse:
     return response
 
 
-def unavailable(detail: str, instance: str, retry_after: int) -> ProblemResponse:
-    """503 for a dependency that is away (Redis fail-closed, the plans database)."""
-    response = problem(503, "Service Unavailable", detail, instance)
-    response.headers["Retry-After"] = str(retry_after)
-    return response
+def bad_request(detail: str, instance: str) -> ProblemResponse:
+    return problem(400, "Bad Request", detail, instance)
 
 
 def too_many_requests(decision: Decision, instance: str) -> ProblemResponse:
     limit = decision.binding.limit
     detail = limit.error_message or f"Rate limit exceeded: {limit.item}"
     return problem(429, "Too Many Requests", detail, instance, policy=limit.policy)
+
+
+class QuotaHeaders:
+    """The quota headers of one decision, written when the response starts (by the request
+    context middleware, which calls what the check leaves in the request's state)."""
+
+    __slots__ = ("decision",)
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+
+    def __call__(self) -> list[tuple[bytes, bytes]]:
+        now = time.time()
+        decision = self.decision
+        binding = decision.binding
+        limit, remaining = binding.limit, binding.remaining
+        reset_in = max(0, math.ceil(binding.reset_at - now))
+        headers = [
+            (b"x-ratelimit-limit", b"%d" % limit.item.amount),
+            (b"x-ratelimit-remaining", b"%d" % remaining),
+            (b"x-ratelimit-reset", b"%d" % math.ceil(binding.reset_at)),
+            (b"ratelimit-policy", decision.limit_set.policy_header),
+            (b"ratelimit", f'"{limit.policy}";r={remaining};t={reset_in}'.encode()),
+        ]
+        if not binding.allowed:
+            headers.append((b"retry-after", b"%d" % max(1, math.ceil(binding.reset_at - now))))
+        return headers

@@ -1,5 +1,11 @@
-"""The route class that puts the rate-limit check in front of every endpoint, and the rules
-that keep every other way into the app from escaping it.
+"""The rate-limit check, the route class that puts it in front of every endpoint, and the
+rules that keep every other way into the app from escaping it.
+
+The check runs after routing, so it knows the matched route however it was mounted, and its
+template (`/v1/items/{item_id}`), and a refused request never reaches the endpoint or the
+parsing of its body. It moves one way: the limits (rules.py), one count (failover.py, then
+counting.py), the record (metrics, the refusal log), the answer (responses.py). A refusal is a
+response returned, not an exception: the 429 path stays as cheap as the 200 path.
 
 Every router of the service is created with `route_class=RateLimitedRoute` (FastAPI's own hook
 for wrapping a route's handler), and the app refuses to start (check_routes, run by the
@@ -22,6 +28,9 @@ The other ways in:
   /openapi.json pages are exempt.
 """
 
+import hashlib
+import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -32,11 +41,83 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .guard import RateLimitGuard
-from .limiter import limiter
+from ..observability.logs import request_id_var
+from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
+from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
+from ..outages import Unavailable
+from ..plans.caller import CallerResolver
+from ..problems import unavailable
+from .failover import Failover
+from .limiter import CALLER_STATE_KEY, limiter
+from .middleware import identify
+from .responses import QuotaHeaders, too_many_requests
 from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+# Every refusal, once, on a logger of its own: route it to its own sink or alert on it.
+refusals = logging.getLogger("ratelimit")
+
+
+def hashed(identity: str) -> str:
+    """A stable, non-reversible name for a caller in logs (client addresses are personal data)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+class RateLimitCheck:
+    def __init__(self, resolver: CallerResolver, failover: Failover) -> None:
+        self._resolver = resolver
+        self._failover = failover
+
+    async def refusal(self, request: Request, route: RouteLimits) -> Response | None:
+        """The response refusing this request (401, 429, 503), or None to let it through."""
+        scope = request.scope
+        state = scope["state"]
+        caller = state.get(CALLER_STATE_KEY)  # resolved by CallerMiddleware, before routing
+        if caller is None:  # a limited route under a path that middleware passes through
+            caller = await identify(self._resolver, scope)
+            if isinstance(caller, Response):
+                return caller
+            state[CALLER_STATE_KEY] = caller
+        plan = caller.plan.name
+        # Decide.
+        limit_set = route.for_request(request, caller.plan)
+        started = time.perf_counter()
+        try:
+            decision = await self._failover.check(caller.identity, limit_set)
+        except Unavailable as exc:
+            child(RATELIMIT_DECISIONS, plan, route.path, "unavailable").inc()
+            return unavailable(exc.detail, scope["path"], exc.retry_after)
+        finally:
+            RATELIMIT_CHECK_SECONDS.observe(time.perf_counter() - started)
+        state[RESPONSE_HEADERS_STATE_KEY] = QuotaHeaders(decision)
+        binding = decision.binding
+        if route.declares:  # slowapi's decorator wrapper reads this after the endpoint
+            subject = binding.limit.subject or caller.identity
+            state["view_rate_limit"] = (binding.limit.item, [subject, *binding.limit.namespace])
+        # Record.
+        outcome = "allowed" if binding.allowed else "limited"
+        if decision.fallback:
+            outcome = "fallback"
+        child(RATELIMIT_DECISIONS, plan, route.path, outcome).inc()
+        if binding.allowed:
+            return None
+        refusals.warning(
+            "rate limit exceeded",
+            extra={
+                "plan": plan,
+                "route": route.path,
+                "method": scope["method"],
+                "subject": hashed(binding.limit.subject or caller.identity),
+                "policy": binding.limit.policy,
+                "limit": str(binding.limit.item),
+                "fallback": decision.fallback,
+                "request_id": request_id_var.get(),
+            },
+        )
+        # Answer.
+        return too_many_requests(decision, scope["path"])
+
 
 # The route template that requests matching no route are counted and labelled under.
 UNMATCHED = "<unmatched>"
@@ -53,8 +134,8 @@ class RateLimitedRoute(APIRoute):
 
         async def limited_handler(request: Request) -> Response:
             if limiter.enabled:  # slowapi's switch, which tests of a user's own app turn off
-                guard: RateLimitGuard = request.app.state.ratelimit_guard
-                refusal = await guard.refusal(request, limits)
+                check: RateLimitCheck = request.app.state.ratelimit_check
+                refusal = await check.refusal(request, limits)
                 if refusal is not None:
                     return refusal
             return await handler(request)
@@ -92,8 +173,8 @@ class UnmatchedPaths:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and limiter.enabled:
             request = Request(scope, receive)
-            guard: RateLimitGuard = request.app.state.ratelimit_guard
-            refusal = await guard.refusal(request, self.limits)
+            check: RateLimitCheck = request.app.state.ratelimit_check
+            refusal = await check.refusal(request, self.limits)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return

@@ -20,7 +20,8 @@ from slowapi import Limiter
 from slowapi.wrappers import Limit
 from starlette.requests import Request
 
-from .caller import Plan, caller_key
+from ..plans.plan import Plan
+from .limiter import caller_key
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from ...plans.directory import DATABASE_ERRORS
+from ...plans.cache import DATABASE_ERRORS
 from ...ratelimit import limiter
 
 router = APIRouter(prefix="/health", tags=["health"])

@@ -4,7 +4,7 @@ In steady state a request makes no database query: a key's grant (its hash, plan
 is read once and served from memory for PLAN_CACHE_TTL_SECONDS, so a revoked key or a changed
 plan takes effect within that time, without a restart. Concurrent misses for one key share a
 single query. While the database is unreachable, entries already cached keep serving (even
-past their TTL) and only callers never seen get `PlansUnavailable` (503).
+past their TTL) and only callers never seen get `Unavailable` (503).
 """
 
 import asyncio
@@ -19,22 +19,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from ..observability.metrics import PLAN_CACHE, child
-from ..ratelimit.caller import Plan
+from ..outages import Outage
 from . import repository
 from .models import PlanRow
+from .plan import Plan
 
 logger = logging.getLogger(__name__)
 
 # Failures that mean "the database is unreachable", as opposed to a bug.
 DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
-
-
-class PlansUnavailable(Exception):
-    """The database is unreachable and the answer is not cached."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("plans database unavailable")
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +63,7 @@ class _TTLCache:
         self._entries.clear()
 
 
-class PlanDirectory:
+class PlanCache:
     def __init__(
         self,
         sessions: async_sessionmaker,
@@ -80,14 +73,13 @@ class PlanDirectory:
     ) -> None:
         self._sessions = sessions
         self._ttl = ttl
-        self._retry_interval = retry_interval
+        self._outage = Outage("Plans are temporarily unavailable.", retry_interval)
         self._keys = _TTLCache(max_entries)  # public id -> KeyGrant, or None: no such key
         self._plans = _TTLCache(max_entries)  # name -> Plan, or None: no such active plan
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         # One Plan object per plan while it is unchanged, however many keys share it: the
-        # limits worked out per route and plan (ratelimit/rules.py) are kept by identity.
+        # limits worked out per route and plan (the rate limiter's rules) are kept by identity.
         self._plan_objects: dict[str, Plan] = {}
-        self._down_until = 0.0
 
     async def key(self, public_id: str) -> KeyGrant | None:
         """The grant of the key with this public id; None when no such key exists."""
@@ -142,22 +134,24 @@ class PlanDirectory:
         if entry is not None and now - entry.fetched_at < self._ttl:
             child(PLAN_CACHE, "hit").inc()
             return entry.value
-        if entry is not None and now < self._down_until:
+        outage = self._outage
+        if outage.skips(now):
+            if entry is None:
+                raise outage.unavailable(now)
             child(PLAN_CACHE, "stale").inc()
             return entry.value  # stale, while the database is known to be down
-        if now < self._down_until:
-            raise PlansUnavailable(retry_after=max(1, round(self._down_until - now)))
         child(PLAN_CACHE, "miss").inc()
         try:
             value = await self._single_flight((kind, name), lambda: fetch(name))
         except DATABASE_ERRORS as exc:
-            if now >= self._down_until:
+            if outage.failed():
                 logger.warning("Plans database unreachable (%s): serving cached plans", exc)
-            self._down_until = time.monotonic() + self._retry_interval
-            if entry is not None:
-                child(PLAN_CACHE, "stale").inc()
-                return entry.value
-            raise PlansUnavailable(retry_after=max(1, round(self._retry_interval))) from exc
+            if entry is None:
+                raise outage.unavailable(now) from exc
+            child(PLAN_CACHE, "stale").inc()
+            return entry.value
+        if outage.answered():
+            logger.warning("Plans database is back")
         cache.put(name, value, time.monotonic())
         return value
 

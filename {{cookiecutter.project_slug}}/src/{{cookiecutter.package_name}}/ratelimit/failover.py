@@ -1,4 +1,10 @@
-"""Deciding whether a request passes its limits, and what to do when Redis is away."""
+"""The outage policy: what a check decides while Redis is unreachable.
+
+fail-open serves, counting in this process's memory (limits then hold per instance only);
+fail-closed answers 503 with Retry-After. Either way, after a failure Redis is left alone for
+REDIS_RETRY_INTERVAL_SECONDS (one request then probes it), so an outage costs one timeout per
+interval rather than one per request.
+"""
 
 import logging
 import time
@@ -6,9 +12,9 @@ import time
 from redis.exceptions import RedisError
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
+from ..outages import Outage
 from ..settings import OutagePolicy
-from .counters import Counter
-from .results import Decision
+from .counting import Counter, Decision
 from .rules import LimitSet
 
 logger = logging.getLogger(__name__)
@@ -17,20 +23,8 @@ logger = logging.getLogger(__name__)
 STORAGE_ERRORS = (RedisError, TimeoutError, OSError)
 
 
-class StorageUnavailable(Exception):
-    """Redis is unreachable and the outage policy is fail-closed."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("rate limit storage unavailable")
-        self.retry_after = retry_after
-
-
-class Enforcer:
-    """Decides whether a request passes its limits; applies the outage policy when Redis fails.
-
-    After a failure, Redis is not tried again for `retry_interval` seconds (one request then
-    probes it), so an outage costs one timeout per interval rather than one per request.
-    """
+class Failover:
+    """Counts on the primary counter (Redis), and applies the outage policy when it fails."""
 
     def __init__(
         self,
@@ -42,32 +36,31 @@ class Enforcer:
         self._primary = counter
         self._fallback = fallback
         self._outage_policy = outage_policy
-        self._retry_interval = retry_interval
-        self._down_until = 0.0
-        self._down = False
+        detail = "Rate limiting is temporarily unavailable; retry later."
+        self._outage = Outage(detail, retry_interval)
 
     async def check(self, identity: str, limit_set: LimitSet) -> Decision:
-        """Count one request of `identity` against `limit_set`. The counter bounds its time."""
-        if time.monotonic() >= self._down_until:
+        """Count one request of `identity` against `limit_set` (the counter bounds its time);
+        raises Unavailable while Redis is away under fail-closed."""
+        outage = self._outage
+        now = time.monotonic()
+        if not outage.skips(now):
             try:
                 results = await self._primary.evaluate(identity, limit_set)
             except STORAGE_ERRORS as exc:
-                self._mark_down(exc)
+                self._failed(exc)
             else:
-                if self._down:
-                    self._down = False
+                if outage.answered():
                     logger.warning("Rate limit storage is back: limits are shared again")
                 return Decision(limit_set, results)
         if self._outage_policy == "fail-closed":
-            raise StorageUnavailable(retry_after=max(1, round(self._retry_interval)))
+            raise outage.unavailable(now)
         results = await self._fallback.evaluate(identity, limit_set)
         return Decision(limit_set, results, fallback=True)
 
-    def _mark_down(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         RATELIMIT_STORAGE_ERRORS.inc()
-        self._down_until = time.monotonic() + self._retry_interval
-        if not self._down:
-            self._down = True
+        if self._outage.failed():
             logger.warning(
                 "Rate limit storage unreachable (%s: %s); policy %s%s",
                 type(exc).__name__,

@@ -1,0 +1,67 @@
+"""The one entry that wires rate limiting into an app: install(app, settings, resolver).
+
+It sets what must be in place before routes are added (the route class, the limit on
+unmatched paths, the caller middleware) and returns what runs with the app: at start-up it
+refuses routes that would escape their limits, opens the limit storage and builds the check.
+"""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ..plans.caller import CallerResolver
+from ..settings import Settings
+from .counting import Counter, RedisCounter, memory_counter
+from .failover import Failover
+from .limiter import limiter
+from .middleware import CallerMiddleware
+from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
+from .storage import LimitStorage, open_limit_storage
+
+
+class RateLimiting:
+    def __init__(self, app: FastAPI, settings: Settings, resolver: CallerResolver) -> None:
+        self.app = app
+        self.settings = settings
+        self.resolver = resolver
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        app, settings = self.app, self.settings
+        check_routes(app)  # routers included after create_app too
+        async with open_limit_storage(settings) as storage:
+            app.state.limit_storage = storage
+            failover = Failover(
+                self._counter(storage),
+                fallback=memory_counter(settings.ratelimit_strategy),
+                outage_policy=settings.ratelimit_outage_policy,
+                retry_interval=settings.redis_retry_interval_seconds,
+            )
+            app.state.ratelimit_check = RateLimitCheck(self.resolver, failover)
+            yield
+
+    def _counter(self, storage: LimitStorage) -> Counter:
+        settings = self.settings
+        if storage.redis is None:
+            return memory_counter(settings.ratelimit_strategy)
+        return RedisCounter(
+            storage.redis,
+            settings.ratelimit_strategy,
+            settings.ratelimit_key_prefix,
+            max_calls=settings.redis_max_connections,
+            timeout=settings.redis_timeout_seconds * 4,  # a whole call, above socket timeouts
+        )
+
+
+def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateLimiting:
+    """Wire rate limiting into `app`; enter the result's `running()` in the app's lifespan."""
+    app.state.limiter = limiter  # where slowapi's tooling expects to find it
+    # Routes added with @app.get(...) are limited too; routers set route_class themselves.
+    app.router.route_class = RateLimitedRoute
+    # A path no route matches is counted against the caller's plan too: a scan meets a 429.
+    app.router.default = UnmatchedPaths(app.router.default)
+    # Added first, so it runs last of the middleware, inside the request context (401s carry
+    # the request id and CORS headers).
+    app.add_middleware(CallerMiddleware, resolver=resolver)
+    return RateLimiting(app, settings, resolver)
