@@ -199,8 +199,8 @@ class ScriptRunner:
 
         Why not redis-py's Pipeline: it builds a command stack, encodes every argument through
         its encoder and wraps the exchange in retries and response callbacks, about twice the
-        CPU per call of writing the commands out here (figures: the
-        README's performance section). The connection, its pool, AUTH/SELECT/TLS, Sentinel and reply parsing stay
+        CPU per call of writing the commands out here (figures: the README's performance
+        section). The connection, its pool, AUTH/SELECT/TLS, Sentinel and reply parsing stay
         redis-py's.
         """
         payload = b"".join(self._evalsha(keys, args) for keys, args, _ in batch)
