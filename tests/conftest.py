@@ -82,13 +82,15 @@ def python_for(version: str) -> str:
 def build_service_venv(version: str, bake_dir: Path) -> Path:
     """A virtualenv of Python `version` with the baked service's dependencies.
 
-    Kept across runs under ~/.cache, keyed by the dependency files and the interpreter, because
-    installing them is the slow part; each baked project is then installed into it with --no-deps.
+    Kept across runs under ~/.cache, keyed by the lock and the interpreter, because installing
+    them is the slow part; each baked project is then installed into it with --no-deps. pip
+    installs constraints.txt (uv.lock's export, kept equal by test_bake), so the install works
+    from pip's cache and this machine's package mirror, which uv does not read.
     """
     python = python_for(version)
     interpreter = run([python, "-c", "import sys; print(sys.version)"], cwd=bake_dir, timeout=60)
     digest = hashlib.sha256(
-        (SERVICE_TEMPLATE / "pyproject.toml").read_bytes()
+        (SERVICE_TEMPLATE / "uv.lock").read_bytes()
         + (SERVICE_TEMPLATE / "constraints.txt").read_bytes()
         + interpreter.stdout.strip().encode()
     ).hexdigest()[:16]

@@ -1,6 +1,7 @@
 """Every answer set bakes into a clean project: rendered, linted, and shaped by its answers."""
 
 import json
+import os
 import re
 import shutil
 import stat
@@ -9,9 +10,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from . import nginx
-from .conftest import ANSWER_SETS, TEMPLATE, bake_ok, run
+from .conftest import ANSWER_SETS, TEMPLATE, bake_ok, python_for, run
 
 
 def tool(name: str) -> str:
@@ -110,6 +112,98 @@ def test_ci_workflow_matches_the_github_workflow_schema(baked):
         assert not (project / ".github").exists()
         return
     assert_valid(project, "vendor.github-workflows", ".github/workflows/ci.yml")
+    assert_valid(project, "custom.github-workflows-require-timeout", ".github/workflows/ci.yml")
+    assert_valid(project, "vendor.dependabot", ".github/dependabot.yml")
+
+
+def test_zizmor_finds_nothing_in_the_ci_setup(baked):
+    answers, project = baked
+    if answers.get("ci_provider") == "none":
+        return
+    # --offline: the audits that need no GitHub API, so the verdict does not depend on the network.
+    audited = run([tool("zizmor"), "--offline", "--no-progress", ".github"], cwd=project)
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+def test_ci_checks_the_lock_and_runs_the_compose_stack(baked):
+    answers, project = baked
+    if answers.get("ci_provider") == "none":
+        return
+    workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
+    assert workflow["permissions"] == {"contents": "read"}
+    assert "${{ github.ref }}" in workflow["concurrency"]["group"]
+    steps = {name: job["steps"] for name, job in workflow["jobs"].items()}
+    commands = {name: "\n".join(s.get("run", "") for s in job) for name, job in steps.items()}
+    assert "make lock-check" in commands["test"]
+    assert "uv sync --locked" in commands["test"]
+    setup_uv = next(s for s in steps["test"] if s.get("uses", "").startswith("astral-sh/setup-uv@"))
+    assert setup_uv["with"]["enable-cache"] is True
+    assert setup_uv["with"]["cache-dependency-glob"] == "uv.lock"
+    for step in (s for job in steps.values() for s in job):
+        if step.get("uses", "").startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False
+    compose = commands["compose"]
+    assert "docker compose build" in compose
+    assert re.search(r"docker compose up .*--wait", compose)
+    assert "/health/live" in compose and '"$code" = 429' in compose and "retry-after" in compose
+    assert "--profile loadtest run --rm locust" in compose
+
+
+def test_lock_is_current_for_the_answers(baked, tmp_path):
+    """uv.lock fits this bake's pyproject.toml (its name and Python vary by answer set) and
+    constraints.txt is its export: `make lock-check`, as CI runs it, offline and with no cache."""
+    answers, project = baked
+    checked = run(
+        ["make", "lock-check"],
+        cwd=project,
+        PATH=f"{Path(tool('uv')).parent}:{os.environ['PATH']}",
+        UV_OFFLINE="1",
+        UV_CACHE_DIR=str(tmp_path / "uv-cache"),
+        UV_PYTHON=python_for(answers.get("python_version", "3.11")),
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_pre_commit_config_is_valid_and_runs_the_checks(baked):
+    _, project = baked
+    validated = run([tool("pre-commit"), "validate-config", ".pre-commit-config.yaml"], cwd=project)
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
+    assert {
+        "ruff-check",
+        "ruff-format",
+        "mypy",
+        "hadolint",
+        "check-compose-spec",
+        "check-github-workflows",
+        "uv-lock",
+    } <= hooks
+
+
+def dockerfile_instructions(dockerfile: Path) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_image_installs_the_locked_dependencies_before_the_code(baked):
+    """A code change must not reinstall every dependency: the dependency layer comes from the
+    lock alone, before src/ is copied, with uv's cache mounted."""
+    _, project = baked
+    instructions = dockerfile_instructions(project / "Dockerfile")
+    deps = next(
+        i
+        for i, line in enumerate(instructions)
+        if line.startswith("RUN") and "uv sync --locked" in line and "--no-install-project" in line
+    )
+    code = next(i for i, line in enumerate(instructions) if re.match(r"COPY (\S+ )*src\b", line))
+    assert deps < code
+    assert "--mount=type=cache" in instructions[deps]
+    assert not any(re.match(r"COPY (\S+ )*\.(/)? ", line) for line in instructions[:deps])
+    assert any(
+        line.startswith("RUN") and "uv sync --locked" in line for line in instructions[code:]
+    )
 
 
 def test_dockerfile_passes_hadolint(baked):
