@@ -3,19 +3,24 @@ Redis and Postgres, migrations applied. Requests come from distinct 127.x addres
 test is a different client to nginx and to the app."""
 
 import asyncio
+import http.client
+import json
 import re
+import socket
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
+from . import nginx
 from .conftest import TEMPLATE, run
-from .stack import Stack, ThrowawayRedis, client
+from .stack import Stack, ThrowawayRedis, client, free_port
 
 NGINX_GUARD = {
     "NGINX_RATE_PER_IP": "20r/s",
@@ -185,7 +190,100 @@ def test_metrics_are_not_public_through_nginx(stack):
         async with client("127.0.0.50") as http:
             return await http.get(f"{stack.nginx_url}/metrics")
 
-    assert asyncio.run(get()).status_code == 404
+    response = asyncio.run(get())
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def exchange(url: str, request: bytes, source_ip: str) -> tuple[http.client.HTTPResponse, bytes]:
+    """Send `request` as raw bytes (no client would send them); the answer and its body."""
+    address = urlsplit(url)
+    sock = socket.create_connection(
+        (address.hostname, address.port), timeout=10, source_address=(source_ip, 0)
+    )
+    with sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response, response.read()
+
+
+def assert_problem_from_nginx(response: http.client.HTTPResponse, body: bytes, status: int):
+    assert response.status == status, body
+    assert response.getheader("content-type") == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["type"] == "about:blank" and problem["status"] == status
+    assert problem["title"] and problem["detail"]
+    assert response.getheader("x-request-id") is None  # nginx's own answer, not the app's
+
+
+REFUSED_BY_NGINX = {
+    "nul-byte-in-a-header": (b"GET /v1/items HTTP/1.1\r\nHost: x\r\nX-Name: a\x00b\r\n\r\n", 400),
+    "malformed-request-line": (b"GET /v1/items HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+    "body-over-client-max-body-size": (
+        b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n",
+        413,
+    ),
+    "uri-over-the-header-buffers": (
+        b"GET /v1/items?q=" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        414,
+    ),
+    "header-over-the-header-buffers": (
+        b"GET /v1/items HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n",
+        431,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_BY_NGINX)
+def test_a_request_nginx_refuses_gets_problem_json(stack, case):
+    request, status = REFUSED_BY_NGINX[case]
+    source_ip = f"127.0.0.{60 + list(REFUSED_BY_NGINX).index(case)}"
+    response, body = exchange(stack.nginx_url, request, source_ip)
+    assert_problem_from_nginx(response, body, status)
+    assert served_by(stack, source_ip) == {"-": 1}  # no instance saw it
+
+
+def test_the_apps_own_errors_pass_through_nginx_untouched(stack):
+    async def get():
+        async with client("127.0.0.70") as http:
+            return await http.get(f"{stack.nginx_url}/v1/no-such-route")
+
+    response = asyncio.run(get())
+    assert response.status_code == 404
+    assert "x-request-id" in response.headers  # the app's answer, not nginx's
+    assert response.json().get("detail") != "Nothing is served at this path."
+    upstreams = served_by(stack, "127.0.0.70")
+    assert set(upstreams) <= {url.removeprefix("http://") for url in stack.app_urls}, upstreams
+
+
+def test_no_instance_answering_gets_problem_json_502(project, tmp_path):
+    # An nginx of its own, in front of a port nothing listens on.
+    port = free_port()
+    values = NGINX_GUARD | {
+        "NGINX_PORT": f"127.0.0.1:{port}",
+        "NGINX_UPSTREAM_SERVERS": f"server 127.0.0.1:{free_port()};",
+    }
+    config = nginx.write_config(tmp_path / "nginx", project, values)
+    checked = nginx.check_config(config)
+    assert checked.returncode == 0, checked.stderr
+    process = nginx.start(config)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.05)
+        request = b"POST /v1/items HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        response, body = exchange(f"http://127.0.0.1:{port}", request, "127.0.0.1")
+        assert_problem_from_nginx(response, body, 502)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def test_locust_run_through_nginx_says_the_limits_held(stack, tmp_path):

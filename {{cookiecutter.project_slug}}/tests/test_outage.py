@@ -155,3 +155,49 @@ async def test_lua_scripts_are_loaded_again_after_script_flush(make_settings, th
         errors_after = metric((await client.get("/metrics")).text, "ratelimit_storage_errors_total")
     assert before + after == [200] * 5 + [429]  # still counted in Redis, exactly
     assert errors_after == errors_before  # redis-py reloaded the scripts: no fallback
+
+
+async def test_storage_errors_count_failed_calls_and_a_gauge_says_down_then_up(
+    make_settings, throwaway_redis
+):
+    settings = make_settings(
+        redis_url=throwaway_redis.url,
+        ratelimit_outage_policy="fail-open",
+        redis_retry_interval_seconds=0.3,
+    )
+    errors, up = "ratelimit_storage_errors_total", "ratelimit_storage_up"
+    async with running_client(settings) as client:
+        assert (await client.get("/v1/items")).status_code == 200
+        before = (await client.get("/metrics")).text
+        throwaway_redis.stop()
+        # Twenty requests in one event-loop tick: one batched Redis call, which fails once.
+        burst = await asyncio.gather(*(client.get("/v1/items/7") for _ in range(20)))
+        during = (await client.get("/metrics")).text
+        throwaway_redis.start()
+        await asyncio.sleep(0.4)
+        assert (await client.get("/v1/items")).status_code == 200
+        after = (await client.get("/metrics")).text
+    assert {r.status_code for r in burst} <= {404, 429}  # served by the fallback, no 5xx
+    assert metric(during, errors) - metric(before, errors) == 1
+    assert metric(before, up) == 1 and metric(during, up) == 0 and metric(after, up) == 1
+
+
+async def test_a_refusal_remembered_in_memory_does_not_claim_redis_is_back(
+    make_settings, throwaway_redis, caplog
+):
+    settings = make_settings(
+        redis_url=throwaway_redis.url,
+        ratelimit_outage_policy="fail-open",
+        redis_retry_interval_seconds=0.2,
+    )
+    async with running_client(settings) as client:
+        for _ in range(6):  # the sixth is refused by Redis, and remembered here until reset
+            await client.get("/v1/items")
+        throwaway_redis.stop()
+        await client.get("/v1/items/1")  # a real call fails: the outage starts
+        await asyncio.sleep(0.3)  # the retry interval passes: the next call may probe Redis
+        caplog.clear()
+        remembered = await client.get("/v1/items")  # answered from memory, no Redis call
+        messages = [record.getMessage() for record in caplog.records]
+    assert remembered.status_code == 429
+    assert not [m for m in messages if "is back" in m], messages

@@ -1,11 +1,14 @@
 """Defaults that keep the service safe: no secrets leaked, bounded input, opt-in exposure."""
 
+import asyncio
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 import redis
 
 from .conftest import create_key, running_client, set_plan
@@ -94,18 +97,49 @@ def test_oversized_headers_are_refused_with_a_431(
     assert response.headers["content-type"] == "application/problem+json"
 
 
-def test_schemathesis_finds_no_server_error(start_uvicorn, redis_url, key_prefix, database_url):
-    import asyncio
+# Every check schemathesis has; statuses documented, content types, headers, body schemas.
+CONTRACT_CHECKS = "all"
 
-    asyncio.run(set_plan(database_url, "anonymous", "100000/minute"))
-    base_url = start_uvicorn(
-        REDIS_URL=redis_url, RATELIMIT_KEY_PREFIX=key_prefix, DATABASE_URL=database_url
-    )
+
+@pytest.mark.parametrize("caller", ["anonymous", "api-key", "redis-away-fail-closed"])
+def test_the_api_answers_as_its_openapi_document_says(
+    caller, request, start_uvicorn, redis_url, key_prefix, database_url, tmp_path
+):
+    """Schemathesis, with every check, over every operation: anonymous and with a key, with
+    limits low enough that 429s come, and fail-closed with Redis stopped (503s)."""
+    asyncio.run(set_plan(database_url, "anonymous", "30/minute"))
+    asyncio.run(set_plan(database_url, "free", "30/minute"))
+    env = {"REDIS_URL": redis_url, "RATELIMIT_KEY_PREFIX": key_prefix, "DATABASE_URL": database_url}
+    options = []
+    expected = {"2xx", "429"}
+    if caller == "api-key":
+        key = asyncio.run(create_key(database_url, "free"))
+        options = ["--header", f"Authorization: Bearer {key}"]
+    if caller == "redis-away-fail-closed":
+        redis_server = request.getfixturevalue("throwaway_redis")
+        env |= {"REDIS_URL": redis_server.url, "RATELIMIT_OUTAGE_POLICY": "fail-closed"}
+        expected = {"503"}
+    base_url = start_uvicorn(**env)
+    config = tmp_path / "schemathesis.toml"
+    if caller == "redis-away-fail-closed":
+        redis_server.stop()
+        # 503 is this run's documented answer; any other 5xx is still a failure.
+        config.write_text(
+            '[checks.not_a_server_error]\nexpected-statuses = ["2xx", "3xx", "4xx", "503"]\n'
+        )
+    else:
+        config.write_text("")
     fuzzed = subprocess.run(
-        [sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json",
-         "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "1"],
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+         f"{base_url}/openapi.json", "--checks", CONTRACT_CHECKS, "--max-examples", "25",
+         "--seed", "1", "--workers", "1", *options],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
+        cwd=tmp_path,
     )  # fmt: skip
-    assert fuzzed.returncode == 0, fuzzed.stdout[-3000:]
+    assert fuzzed.returncode == 0, fuzzed.stdout[-6000:]
+    metrics = httpx.get(f"{base_url}/metrics").text
+    counted = re.findall(r'^http_requests_total\{.*status="(\d)(\d\d)"\}', metrics, re.M)
+    met = {f"{first}xx" if first == "2" else first + rest for first, rest in counted}
+    assert expected <= met, f"the run never met {expected - met}"

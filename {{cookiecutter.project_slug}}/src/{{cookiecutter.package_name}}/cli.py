@@ -18,7 +18,7 @@ from .database import create_engine, database_url, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.cache import DATABASE_ERRORS
-from .settings import Settings, get_settings
+from .settings import Settings, get_settings, settings_or_exit
 
 
 def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.group == "dev":
         return dev.main(args)
+    settings_or_exit()
     try:
         if args.handler is None:
             upgrade = upgrade_to_head(database_url(get_settings()))

@@ -19,7 +19,7 @@ from .database import create_engine, database_url, is_embedded, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.keys import digest_matches, parse_key
-from .settings import Settings, get_settings
+from .settings import Settings, get_settings, settings_or_exit
 
 # The demo keys, by plan. Secrets, though only for a local database: readable by the owner only.
 KEYS_FILE = Path(".dev-keys.json")
@@ -55,7 +55,7 @@ def embedded_settings() -> Settings:
     os.environ["REDIS_URL"] = ""
     os.environ["DATABASE_URL"] = ""
     get_settings.cache_clear()
-    settings = get_settings()
+    settings = settings_or_exit()
     assert is_embedded(settings) and not settings.redis_url
     return settings
 

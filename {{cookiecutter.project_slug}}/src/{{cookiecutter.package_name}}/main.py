@@ -9,15 +9,15 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from . import ratelimit
-from .api.routes import health, items, metrics
+from . import problems, ratelimit
+from .api.routes import health, items, metrics, rate_limit
 from .database import database_url, is_embedded
 from .gc_tuning import tuned_garbage_collector
 from .migrations import upgrade_to_head
-from .observability.logs import configure_logging
+from .observability.logs import configure_logging, request_id_var
 from .observability.middleware import RequestContextMiddleware
 from .plans.service import PlanService
-from .settings import Settings, get_settings
+from .settings import Settings, get_settings, settings_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db_engine = plans.engine  # for the readiness probe
     rate_limiting = ratelimit.install(app, settings, plans.resolver)
+    problems.answer_errors_with_problems(app, request_id=request_id_var.get)
     # Routers are tried in this order: the API first, since nearly every request is for it.
-    for router in (items.router, health.router, metrics.router):
+    for router in (items.router, rate_limit.router, health.router, metrics.router):
         app.include_router(router)
 
     # Middleware runs in the reverse order of addition: proxy headers, request context, CORS,
@@ -83,4 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+# A bad setting stops the import here with one line per variable and exit status 2, which
+# uvicorn passes on, instead of a traceback from wherever the value was first used.
+app = create_app(settings_or_exit())

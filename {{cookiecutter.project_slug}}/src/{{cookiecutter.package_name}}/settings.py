@@ -4,18 +4,37 @@ One variable per knob; the names below are the environment variable names in upp
 pydantic-settings docs: https://docs.pydantic.dev/latest/concepts/pydantic_settings/
 """
 
+import re
+import sys
 from functools import lru_cache
 from ipaddress import ip_network
 from typing import Annotated, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from limits import parse_many
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio.connection import parse_url as parse_redis_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 # The limiting algorithms: the one list (ratelimit/counting.py implements each, check.lua has a
 # branch for each, and the template's tests check its cookiecutter.json and hook agree).
 Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 OutagePolicy = Literal["fail-open", "fail-closed"]
+
+
+def _limit_string(value: str) -> str:
+    # The grammar itself is plans/plan.py's (a layer above settings); the `limits` library it
+    # narrows is enough to refuse a malformed value at start-up, in one line.
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ValueError("expected limits such as 20/minute or 10/second;1000/day")
+    return value
 
 
 class Settings(BaseSettings):
@@ -71,6 +90,9 @@ class Settings(BaseSettings):
     # How long a resolved API key or plan is served from memory before it is read again: the
     # longest a revoked key or a changed plan keeps its old effect.
     plan_cache_ttl_seconds: float = Field(default=30.0, ge=0)
+    # Most keys (and, apart, most unknown key ids) kept in each instance's cache; the least
+    # recently used go first. Memory is bounded by it; keys beyond it are read again.
+    plan_cache_max_entries: int = Field(default=100_000, ge=1)
 
     # Addresses (or CIDR networks) of the reverse proxies allowed to set X-Forwarded-For. The
     # header is ignored from anyone else, so a client cannot pick its own rate-limit identity.
@@ -79,6 +101,10 @@ class Settings(BaseSettings):
     # Anonymous IPv6 callers are counted per network of this prefix length, not per address:
     # one subscriber usually holds a whole /64 and could rotate through it for fresh budgets.
     anonymous_ipv6_prefix_length: int = Field(default=64, ge=1, le=128)
+    # Failed authentications (a malformed, unknown or revoked key) allowed per client address;
+    # past it, requests carrying a key get 429 before any database work. Key guessing is then
+    # throttled by the app itself, not only by the proxy's coarse guard.
+    auth_failure_limit: Annotated[str, AfterValidator(_limit_string)] = "20/minute"
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -89,12 +115,114 @@ class Settings(BaseSettings):
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
-    def _split_proxies(cls, value: object) -> object:
+    def _split_proxies(cls, value: str | list[str]) -> list[str]:
         if isinstance(value, str):
             value = [item.strip() for item in value.split(",") if item.strip()]
+        bad = []
         for item in value:
-            ip_network(item, strict=False)  # raises ValueError naming the bad entry
+            try:
+                ip_network(item, strict=False)
+            except ValueError:
+                bad.append(repr(item))
+        if bad:
+            raise ValueError(
+                f"not an IP address or network: {', '.join(bad)}; expected comma-separated "
+                "addresses or CIDR networks, e.g. 10.0.0.1,172.16.0.0/12,fd00::/8"
+            )
         return value
+
+    # The URLs are checked here, not where they are first used: every entry point (uvicorn, the
+    # command line, `dev`) then refuses a malformed one before doing anything, in the same words.
+    @field_validator("redis_url")
+    @classmethod
+    def _valid_redis_url(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                _parse_redis_url(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}; expected {REDIS_URL_FORMS}, or unset") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                drivername = make_url(value).drivername
+            except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+                drivername = None
+            if drivername not in DATABASE_DRIVERS:
+                raise ValueError(
+                    f"not a database URL this service can use; expected {DATABASE_URL_FORMS}, "
+                    "or unset for an SQLite file"
+                )
+        return value
+
+
+# What connect() in ratelimit/storage.py (the `limits` library's forms) and database.py accept.
+REDIS_URL_FORMS = (
+    "redis://[:password@]host:port/db, rediss://... (TLS), unix:///path/to/redis.sock, "
+    "redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/service"
+)
+DATABASE_URL_FORMS = "postgresql://user:password@host:port/database"
+DATABASE_DRIVERS = ("postgresql", "postgres", "postgresql+asyncpg", "sqlite+aiosqlite")
+# pydantic's message does not say what it accepts for these.
+ACCEPTED = {"bool_parsing": "expected true or false (or 1/0, yes/no, on/off)"}
+
+
+def _parse_redis_url(url: str) -> None:
+    """Raises ValueError saying what is wrong with `url` (never quoting its password)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss", "unix"):
+        parse_redis_url(url)  # redis-py's own parser, the one the connection pool uses
+        database = parts.path.strip("/")
+        if parts.scheme != "unix" and database and not database.isdigit():
+            raise ValueError(f"database {database!r} is not a number")  # redis-py ignores it
+    elif parts.scheme in ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"):
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            name, _, port = host.rpartition(":")
+            if not (name or host) or (port and not port.isdigit()):
+                raise ValueError(f"{host!r} is not host:port")
+        service, _, database = parts.path.strip("/").partition("/")
+        if parts.scheme.endswith("sentinel") and not service:
+            raise ValueError("a Sentinel URL names its service")
+        if database and not database.isdigit():
+            raise ValueError(f"database {database!r} is not a number")
+    else:
+        raise ValueError("not a Redis URL")
+
+
+def mask_password(text: str) -> str:
+    """`scheme://user:secret@host...` -> `scheme://user:***@host...`, for logs and messages."""
+    return re.sub(r"^([\w+.-]*://[^:/@]*):.*@", r"\1:***@", text)
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One line per bad variable: its name, its value (password masked) and what it accepts."""
+    lines: dict[str, str] = {}
+    prefix = Settings.model_config.get("env_prefix", "")
+    for problem in error.errors(include_url=False):
+        variable = f"{prefix}{problem['loc'][0]}".upper()
+        reason = problem["msg"].removeprefix("Value error, ")
+        reason = reason[:1].lower() + reason[1:]
+        if problem["type"] in ACCEPTED:
+            reason = f"{reason}; {ACCEPTED[problem['type']]}"
+        if variable in lines:
+            lines[variable] += f"; {reason}"
+        else:
+            value = mask_password(str(problem["input"]))
+            lines[variable] = f"error: {variable}={value!r}: {reason}"
+    return list(lines.values())
+
+
+def settings_or_exit() -> Settings:
+    """The settings, or, when any is bad, one line per bad variable on stderr and exit status 2:
+    what every entry point calls first, so that a typo never ends in a traceback."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        print(*describe_errors(exc), sep="\n", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @lru_cache

@@ -8,7 +8,7 @@ mode).
 
 from functools import lru_cache
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
 RATELIMIT_DECISIONS = Counter(
@@ -22,7 +22,18 @@ RATELIMIT_CHECK_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 RATELIMIT_STORAGE_ERRORS = Counter(
-    "ratelimit_storage_errors_total", "Failed calls to the rate-limit storage (Redis)"
+    "ratelimit_storage_errors_total",
+    "Failed calls to the rate-limit storage (Redis); one batched call fails once",
+)
+RATELIMIT_STORAGE_UP = Gauge(
+    "ratelimit_storage_up",
+    "1 while limits are counted in the shared storage (Redis), 0 while the outage policy "
+    "decides or no Redis is configured",
+)
+PLAN_ERRORS = Counter(
+    "plan_config_errors_total",
+    "Plan rows whose limits the service cannot read (reported once per plan per cache TTL)",
+    ["plan"],
 )
 PLAN_CACHE = Counter(
     "plan_cache_lookups_total",

@@ -92,6 +92,6 @@ class RequestContextMiddleware:
             await app(scope, receive, send_with_context)
         finally:
             # The router records the matched route in the scope; unmatched paths share a label.
-            route = getattr(scope.get("route"), "path", "<unmatched>")
+            route = getattr(scope.get("route"), "path_format", "<unmatched>")
             child(REQUESTS, scope["method"], route, str(status)).inc()
             request_id_var.reset(token)

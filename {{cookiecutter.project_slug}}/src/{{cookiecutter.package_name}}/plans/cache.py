@@ -4,7 +4,12 @@ In steady state a request makes no database query: a key's grant (its hash, plan
 is read once and served from memory for PLAN_CACHE_TTL_SECONDS, so a revoked key or a changed
 plan takes effect within that time, without a restart. Concurrent misses for one key share a
 single query. While the database is unreachable, entries already cached keep serving (even
-past their TTL) and only callers never seen get `Unavailable` (503).
+past their TTL) and only callers never seen get `Unavailable` (503). Public ids of no key are
+cached apart, so guessing cannot evict real keys.
+
+A plan row whose limits cannot be read (written by plain SQL before migration 0003, say) is
+never a 500: its callers keep the last good version of the plan this process read, or get 503
+when there is none; it is logged and counted once per plan per TTL, and read again each TTL.
 """
 
 import asyncio
@@ -18,8 +23,8 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from ..observability.metrics import PLAN_CACHE, child
-from ..outages import Outage
+from ..observability.metrics import PLAN_CACHE, PLAN_ERRORS, child
+from ..outages import Outage, Unavailable
 from . import repository
 from .models import PlanRow
 from .plan import Plan
@@ -37,27 +42,48 @@ class KeyGrant:
     plan: Plan | None
 
 
+class MisconfiguredPlan(Exception):
+    """A plan row whose limits the service cannot read (written by plain SQL, say)."""
+
+    def __init__(self, name: str, value: object) -> None:
+        super().__init__(f"plan {name!r} has limits the service cannot read: {value!r}")
+        self.name = name
+
+
+@dataclass(frozen=True, slots=True)
+class _Misconfigured:
+    """Cached in place of a plan (or a key's grant) whose plan cannot be read."""
+
+    name: str
+
+
 @dataclass(slots=True)
 class _Entry:
-    value: Any  # KeyGrant | Plan | None
+    value: Any  # KeyGrant | Plan | _Misconfigured | None
     fetched_at: float
 
 
 class _TTLCache:
-    """A bounded map of values with their fetch time, oldest evicted first."""
+    """A bounded map of values with their fetch time; the least recently read is evicted."""
 
     def __init__(self, max_entries: int) -> None:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._max_entries = max_entries
 
     def get(self, name: str) -> _Entry | None:
-        return self._entries.get(name)
+        entry = self._entries.get(name)
+        if entry is not None:
+            self._entries.move_to_end(name)
+        return entry
 
     def put(self, name: str, value: Any, now: float) -> None:
         self._entries[name] = _Entry(value, now)
         self._entries.move_to_end(name)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    def pop(self, name: str) -> None:
+        self._entries.pop(name, None)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -74,31 +100,49 @@ class PlanCache:
         self._sessions = sessions
         self._ttl = ttl
         self._outage = Outage("Plans are temporarily unavailable.", retry_interval)
-        self._keys = _TTLCache(max_entries)  # public id -> KeyGrant, or None: no such key
+        self._keys = _TTLCache(max_entries)  # public id -> KeyGrant (revoked keys too)
+        # Public ids no key has, apart: a flood of guessed ids must not evict the real keys,
+        # which are what a database outage is ridden out on.
+        self._unknown_keys = _TTLCache(max_entries)
         self._plans = _TTLCache(max_entries)  # name -> Plan, or None: no such active plan
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         # One Plan object per plan while it is unchanged, however many keys share it: the
         # limits worked out per route and plan (the rate limiter's rules) are kept by identity.
         self._plan_objects: dict[str, Plan] = {}
+        # Misconfigured plan -> when it was last reported: once per plan per TTL.
+        self._reported: dict[str, float] = {}
 
     async def key(self, public_id: str) -> KeyGrant | None:
         """The grant of the key with this public id; None when no such key exists."""
-        return await self._read(self._keys, "key", public_id, self._fetch_key)
+        unknown = self._unknown_keys.get(public_id)
+        if unknown is not None:
+            now = time.monotonic()
+            if now - unknown.fetched_at < self._ttl or self._outage.skips(now):
+                child(PLAN_CACHE, "hit").inc()
+                return None
+        return await self._read(
+            self._keys, "key", public_id, self._fetch_key, unknown=self._unknown_keys
+        )
 
     async def plan(self, name: str) -> Plan | None:
         """The active plan of this name; None when there is none."""
         return await self._read(self._plans, "plan", name, self._fetch_plan)
 
     async def preload(self) -> None:
-        """Read every plan now, so that first requests do not wait for the database."""
+        """Read every plan now, so that first requests do not wait for the database. A plan
+        that cannot be read is reported and left out: its callers get 503, the others go on."""
         async with self._sessions() as session:
             rows = await repository.list_plans(session)
         now = time.monotonic()
         for row in rows:
-            self._plans.put(row.name, self._plan(row) if row.is_active else None, now)
+            try:
+                self._plans.put(row.name, self._plan(row) if row.is_active else None, now)
+            except MisconfiguredPlan as exc:
+                self._report(exc, now)
 
     def clear(self) -> None:
         self._keys.clear()
+        self._unknown_keys.clear()
         self._plans.clear()
 
     async def _fetch_key(self, public_id: str) -> KeyGrant | None:
@@ -115,12 +159,29 @@ class PlanCache:
         return self._plan(row) if row is not None and row.is_active else None
 
     def _plan(self, row: PlanRow) -> Plan:
-        plan = repository.to_plan(row)
+        try:
+            plan = repository.to_plan(row)
+        except ValueError as exc:
+            raise MisconfiguredPlan(row.name, row.limits) from exc
         known = self._plan_objects.get(plan.name)
         if known == plan:
             return known
         self._plan_objects[plan.name] = plan
         return plan
+
+    def _report(self, exc: MisconfiguredPlan, now: float) -> None:
+        """Log and count a misconfigured plan, once per plan per TTL."""
+        last = self._reported.get(exc.name)
+        if last is None or now - last >= self._ttl:
+            self._reported[exc.name] = now
+            child(PLAN_ERRORS, exc.name).inc()
+            logger.error("%s; its callers are served its last good limits, or 503", exc)
+
+    def _answer(self, value: Any) -> Any:
+        if type(value) is _Misconfigured:
+            detail = f"The {value.name!r} plan is misconfigured; the operator is told."
+            raise Unavailable(detail, retry_after=max(1, round(self._ttl)))
+        return value
 
     async def _read(
         self,
@@ -128,18 +189,21 @@ class PlanCache:
         kind: str,
         name: str,
         fetch: Callable[[str], Awaitable[Any]],
+        unknown: _TTLCache | None = None,
     ) -> Any:
+        """`name` from `cache`, read again once its TTL has passed. Where `unknown` is given,
+        a name the database does not know is kept there instead."""
         now = time.monotonic()
         entry = cache.get(name)
         if entry is not None and now - entry.fetched_at < self._ttl:
             child(PLAN_CACHE, "hit").inc()
-            return entry.value
+            return self._answer(entry.value)
         outage = self._outage
         if outage.skips(now):
             if entry is None:
                 raise outage.unavailable(now)
             child(PLAN_CACHE, "stale").inc()
-            return entry.value  # stale, while the database is known to be down
+            return self._answer(entry.value)  # stale, while the database is known to be down
         child(PLAN_CACHE, "miss").inc()
         try:
             value = await self._single_flight((kind, name), lambda: fetch(name))
@@ -149,11 +213,20 @@ class PlanCache:
             if entry is None:
                 raise outage.unavailable(now) from exc
             child(PLAN_CACHE, "stale").inc()
-            return entry.value
+            return self._answer(entry.value)
+        except MisconfiguredPlan as exc:
+            self._report(exc, now)
+            # The last good version, if any, until the row is mended; checked again each TTL.
+            last_good = entry is not None and type(entry.value) is not _Misconfigured
+            value = entry.value if last_good else _Misconfigured(exc.name)
         if outage.answered():
             logger.warning("Plans database is back")
-        cache.put(name, value, time.monotonic())
-        return value
+        if value is None and unknown is not None:
+            cache.pop(name)
+            unknown.put(name, None, time.monotonic())
+        else:
+            cache.put(name, value, time.monotonic())
+        return self._answer(value)
 
     async def _single_flight(
         self, flight: tuple[str, str], fetch: Callable[[], Awaitable[Any]]

@@ -88,24 +88,29 @@ class CallerResolver:
         self.cache = cache
         self.ipv6_prefix_length = ipv6_prefix_length
 
-    async def resolve(self, scope: Scope) -> Caller:
-        """Raises InvalidCredentials, UnusableClientAddress, or Unavailable (plans away)."""
-        raw_key = read_api_key(scope)
+    def address(self, scope: Scope) -> str:
+        """The identity of the request's client address; raises UnusableClientAddress."""
+        host = client_address(scope)
+        identity = address_identity(host, self.ipv6_prefix_length)
+        if identity is None:
+            if scope.get("client") is not None:
+                # Never a key of its own (each garbage string a fresh budget), and not the
+                # proxy's address either (one client's garbage spending everyone's).
+                raise UnusableClientAddress(
+                    "X-Forwarded-For from a trusted proxy does not end in a client address"
+                )
+            identity = "ip:unknown"  # a server that knows no peer (a UNIX socket)
+        return identity
+
+    async def resolve(self, scope: Scope, raw_key: str | None) -> Caller:
+        """The caller of a request carrying `raw_key` (read_api_key's), or anonymous.
+
+        Raises InvalidCredentials, UnusableClientAddress, or Unavailable (plans away)."""
         if raw_key is None:
             plan = await self.cache.plan(ANONYMOUS)
             if plan is None:  # a database without the seeded plans: not migrated
                 raise Unavailable("Plans are temporarily unavailable.", retry_after=30)
-            host = client_address(scope)
-            identity = address_identity(host, self.ipv6_prefix_length)
-            if identity is None:
-                if scope.get("client") is not None:
-                    # Never a key of its own (each garbage string a fresh budget), and not
-                    # the proxy's address either (one client's garbage spending everyone's).
-                    raise UnusableClientAddress(
-                        "X-Forwarded-For from a trusted proxy does not end in a client address"
-                    )
-                identity = "ip:unknown"  # a server that knows no peer (a UNIX socket)
-            return Caller(identity=identity, plan=plan)
+            return Caller(identity=self.address(scope), plan=plan)
         parsed = parse_key(raw_key)
         if parsed is None:
             raise InvalidCredentials("malformed API key")

@@ -20,6 +20,7 @@ class PlanService:
             session_factory(self.engine),
             ttl=settings.plan_cache_ttl_seconds,
             retry_interval=settings.database_retry_interval_seconds,
+            max_entries=settings.plan_cache_max_entries,
         )
         self.resolver = CallerResolver(self.cache, settings.anonymous_ipv6_prefix_length)
 

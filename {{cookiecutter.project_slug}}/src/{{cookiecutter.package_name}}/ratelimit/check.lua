@@ -1,7 +1,8 @@
 -- Decide every limit of one request in one round trip, atomically, on the Redis clock.
 --
 -- KEYS[i]   the counter of limit i (all of one caller's keys share a hash tag: one slot)
--- ARGV      strategy, nonce, n, then amount, window seconds, cost for each of the n limits
+-- ARGV      strategy, nonce, n, then amount, window seconds, cost for each of the n limits;
+--           an empty nonce is a peek: every limit's state, read only (the quota endpoint)
 -- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}
 --
 -- All or nothing: a request refused by one limit consumes none of the others. "reset" is when
@@ -9,6 +10,7 @@
 -- window, the weighted count falling low enough in a sliding window counter); for GCRA, when
 -- a refused request would fit, or when an admitted one's bucket is full again.
 local strategy, nonce, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local peek = nonce == ''
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
@@ -21,9 +23,16 @@ for i = 1, n do
   -- state: the sliding window counter's current key, or GCRA's new arrival time
   local count, reset, state
   if strategy == 'moving-window' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    count = redis.call('ZCARD', key)
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local oldest
+    if peek then -- the hits still in the window, the expired ones left for the next check
+      local since = '(' .. (now - window)
+      count = redis.call('ZCOUNT', key, since, '+inf')
+      oldest = redis.call('ZRANGEBYSCORE', key, since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    else
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+      count = redis.call('ZCARD', key)
+      oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    end
     reset = (oldest[2] and tonumber(oldest[2]) or now) + window
   elseif strategy == 'fixed-window' then
     count = tonumber(redis.call('GET', key) or '0')
@@ -58,14 +67,20 @@ for i = 1, n do
     state = math.ceil(tat + interval * cost)
     -- tokens in use; "count + cost <= amount" below is then "state - now <= window"
     count = math.ceil((tat - now) / interval)
-    if count + cost <= amount then reset = state else reset = state - window end
+    if count + cost > amount then
+      reset = state - window
+    elseif peek then -- nothing spent: the bucket is full again at the current TAT
+      reset = math.ceil(tat)
+    else
+      reset = state
+    end
   end
   local allowed = count + cost <= amount and 1 or 0
   if allowed == 0 then all_allowed = 0 end
   limits[i] = {key, amount, window, cost, count, reset, allowed, state}
 end
 
-if all_allowed == 1 then
+if all_allowed == 1 and not peek then
   for i = 1, n do
     local key, amount, window, cost, count, reset, allowed, state = unpack(limits[i])
     if strategy == 'moving-window' then
@@ -89,7 +104,7 @@ end
 local result = {all_allowed, now}
 for i = 1, n do
   local key, amount, window, cost, count, reset, allowed = unpack(limits[i])
-  local used = count + (all_allowed == 1 and cost or 0)
+  local used = count + ((all_allowed == 1 and not peek) and cost or 0)
   table.insert(result, allowed)
   table.insert(result, math.max(amount - used, 0))
   table.insert(result, reset)

@@ -76,6 +76,14 @@ class Counter(Protocol):
         """Count one request of the caller `identity` against every limit of the set."""
         ...
 
+    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+        """A refusal of this request known in this process, without asking the storage."""
+        ...
+
+    async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        """Every limit's state for `identity`, spending nothing (the quota endpoint)."""
+        ...
+
 
 def memory_counter(strategy: Strategy) -> "MemoryCounter | MemoryGcra":
     """Counts kept in this process: no Redis configured, or the fail-open fallback."""
@@ -87,6 +95,9 @@ class MemoryCounter:
 
     def __init__(self, strategy: Strategy) -> None:
         self._strategy = MEMORY_STRATEGIES[strategy](MemoryStorage())
+
+    def remembered(self, identity: str, limit_set: LimitSet) -> None:
+        return None  # counted here already: nothing to spare
 
     async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
         """All or nothing, like check.lua: a request refused by one limit spends none of the
@@ -108,6 +119,16 @@ class MemoryCounter:
             results.append(LimitResult(limit, ok, stats.remaining, stats.reset_time))
         return tuple(results)
 
+    async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        strategy = self._strategy
+        results = []
+        for limit in limit_set.limits:
+            subject = limit.subject or identity
+            ok = await strategy.test(limit.item, subject, *limit.namespace, cost=limit.cost)
+            stats = await strategy.get_window_stats(limit.item, subject, *limit.namespace)
+            results.append(LimitResult(limit, ok, stats.remaining, stats.reset_time))
+        return tuple(results)
+
 
 class MemoryGcra:
     """GCRA (a token bucket) in process memory, as check.lua does it in Redis.
@@ -118,6 +139,9 @@ class MemoryGcra:
     def __init__(self) -> None:
         # counter key -> theoretical arrival time of its next request (monotonic seconds)
         self._arrivals: dict[tuple, float] = {}
+
+    def remembered(self, identity: str, limit_set: LimitSet) -> None:
+        return None  # counted here already: nothing to spare
 
     async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
         now, wall = time.monotonic(), time.time()
@@ -145,6 +169,21 @@ class MemoryGcra:
             )
             for limit, _, after, in_use, allowed in planned
         )
+
+    async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        now, wall = time.monotonic(), time.time()
+        results = []
+        for limit in limit_set.limits:
+            interval = limit.window_seconds / limit.item.amount
+            key = (limit.subject or identity, limit.key_suffix)
+            arrival = max(self._arrivals.get(key, now), now)
+            in_use = math.ceil((arrival - now) / interval - 1e-9)
+            allowed = in_use + limit.cost <= limit.item.amount
+            # when the bucket is full again, or (refused) when this request would fit
+            fits = arrival if allowed else arrival + interval * limit.cost - limit.window_seconds
+            remaining = limit.item.amount - in_use
+            results.append(LimitResult(limit, allowed, remaining, wall + fits - now))
+        return tuple(results)
 
 
 class RedisCounter:
@@ -179,13 +218,17 @@ class RedisCounter:
         subject = (limit.subject or identity).replace("{", "(").replace("}", ")")
         return self._prefix + ":{" + subject + "}:" + limit.key_suffix
 
+    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+        keys = [self.key(identity, limit) for limit in limit_set.limits]
+        known = self._refusing.get((*keys, *limit_set.script_args))
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
+        return None
+
     async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
         limits = limit_set.limits
         keys = [self.key(identity, limit) for limit in limits]
         signature = (*keys, *limit_set.script_args)
-        known = self._refusing.get(signature)
-        if known is not None and known[0] > time.monotonic():
-            return known[1]
         nonce = self._nonce_prefix + str(next(self._sequence))
         reply = await self._script.call(keys, [self._strategy, nonce, *limit_set.script_args])
         server_now, wall, clock = reply[1], time.time(), time.monotonic()
@@ -199,6 +242,22 @@ class RedisCounter:
         if refused_for:
             self._remember_refusal(signature, clock + refused_for, tuple(results))
         return tuple(results)
+
+    async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        """check.lua with an empty nonce: it reads every counter and writes none."""
+        limits = limit_set.limits
+        keys = [self.key(identity, limit) for limit in limits]
+        reply = await self._script.call(keys, [self._strategy, "", *limit_set.script_args])
+        server_now, wall = reply[1], time.time()
+        return tuple(
+            LimitResult(
+                limit,
+                bool(reply[2 + 3 * index]),
+                reply[3 + 3 * index],
+                wall + max(0.0, (reply[4 + 3 * index] - server_now) / 1000),
+            )
+            for index, limit in enumerate(limits)
+        )
 
     def _remember_refusal(
         self, signature: tuple, until: float, results: tuple[LimitResult, ...]

@@ -11,10 +11,10 @@ import time
 
 from redis.exceptions import RedisError
 
-from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
+from ..observability.metrics import RATELIMIT_STORAGE_UP
 from ..outages import Outage
 from ..settings import OutagePolicy
-from .counting import Counter, Decision
+from .counting import Counter, Decision, RedisCounter
 from .rules import LimitSet
 
 logger = logging.getLogger(__name__)
@@ -38,10 +38,19 @@ class Failover:
         self._outage_policy = outage_policy
         detail = "Rate limiting is temporarily unavailable; retry later."
         self._outage = Outage(detail, retry_interval)
+        RATELIMIT_STORAGE_UP.set(1 if isinstance(counter, RedisCounter) else 0)
+
+    def remembered(self, identity: str, limit_set: LimitSet) -> Decision | None:
+        """A refusal known in this process (the storage could only refuse again), or None."""
+        known = self._primary.remembered(identity, limit_set)
+        return None if known is None else Decision(limit_set, known)
 
     async def check(self, identity: str, limit_set: LimitSet) -> Decision:
         """Count one request of `identity` against `limit_set` (the counter bounds its time);
         raises Unavailable while Redis is away under fail-closed."""
+        known = self.remembered(identity, limit_set)
+        if known is not None:  # answered without the storage: says nothing of its health
+            return known
         outage = self._outage
         now = time.monotonic()
         if not outage.skips(now):
@@ -51,6 +60,7 @@ class Failover:
                 self._failed(exc)
             else:
                 if outage.answered():
+                    RATELIMIT_STORAGE_UP.set(1)
                     logger.warning("Rate limit storage is back: limits are shared again")
                 return Decision(limit_set, results)
         if self._outage_policy == "fail-closed":
@@ -58,9 +68,21 @@ class Failover:
         results = await self._fallback.evaluate(identity, limit_set)
         return Decision(limit_set, results, fallback=True)
 
+    async def peek(self, identity: str, limit_set: LimitSet) -> Decision:
+        """The state of every limit of the set, spending nothing; the outage policy as check's."""
+        if not self._outage.skips(time.monotonic()):
+            try:
+                return Decision(limit_set, await self._primary.peek(identity, limit_set))
+            except STORAGE_ERRORS as exc:
+                self._failed(exc)
+        if self._outage_policy == "fail-closed":
+            raise self._outage.unavailable(time.monotonic())
+        return Decision(limit_set, await self._fallback.peek(identity, limit_set), fallback=True)
+
     def _failed(self, exc: BaseException) -> None:
-        RATELIMIT_STORAGE_ERRORS.inc()
+        # The failed call itself is counted where it is made (storage.py): one per call.
         if self._outage.failed():
+            RATELIMIT_STORAGE_UP.set(0)
             logger.warning(
                 "Rate limit storage unreachable (%s: %s); policy %s%s",
                 type(exc).__name__,

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: who is calling, resolved before routing.
+"""Who is calling, resolved before routing, by a pure ASGI middleware.
 
 A malformed, unknown or revoked key is a 401 whatever path it is sent to, and an unknown key
 while the plans database is away a 503, before any route runs; so is a WebSocket handshake
@@ -6,6 +6,11 @@ while the plans database is away a 503, before any route runs; so is a WebSocket
 probes and the metrics scrape are passed through unresolved: they answer whatever the
 credentials, and whether or not the database is up. The caller is left in the request's state
 for the check (route.py).
+
+Failed authentications are counted per client address (AUTH_FAILURE_LIMIT): past it, the
+address gets 429 instead of 401, and once this instance knows the address is refused, a
+request carrying a key is refused before its key is looked up, so guessing costs no database
+work. (Counted in memory, without Redis, the refusal comes after the lookup.)
 
 No wrapped `send` here: the quota headers are added by the request context middleware.
 """
@@ -15,23 +20,96 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
+from ..observability.logs import request_id_var
+from ..observability.metrics import RATELIMIT_DECISIONS, child
+from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
-from ..plans.caller import Caller, CallerResolver, InvalidCredentials, UnusableClientAddress
+from ..plans.caller import (
+    Caller,
+    CallerResolver,
+    InvalidCredentials,
+    UnusableClientAddress,
+    read_api_key,
+)
+from ..plans.plan import ANONYMOUS
 from ..problems import unavailable
+from .counting import Decision
+from .failover import Failover
 from .limiter import CALLER_STATE_KEY
-from .responses import bad_request, unauthorized
+from .responses import QuotaHeaders, bad_request, hashed, refusals, too_many_requests, unauthorized
+from .rules import LimitSet
+
+# The route label of failed authentications in metrics and logs.
+AUTHENTICATION = "<authentication>"
 
 
-async def identify(resolver: CallerResolver, scope: Scope) -> Caller | Response:
-    """The request's caller, or the response refusing it: 401, 400, or 503 while plans are away."""
-    try:
-        return await resolver.resolve(scope)
-    except InvalidCredentials as exc:
-        return unauthorized(str(exc), scope["path"])
-    except UnusableClientAddress as exc:
-        return bad_request(str(exc), scope["path"])
-    except Unavailable as exc:
-        return unavailable(exc.detail, scope["path"], exc.retry_after)
+class Identification:
+    """The request's caller, or the response refusing it: 401, 429, 400, or 503."""
+
+    def __init__(self, resolver: CallerResolver, failure_limits: LimitSet) -> None:
+        self.resolver = resolver
+        self.failure_limits = failure_limits
+        # Set when the app starts (service.py); until then failures are not counted.
+        self.failover: Failover | None = None
+
+    async def __call__(self, scope: Scope) -> Caller | Response:
+        path = scope["path"]
+        try:
+            raw_key = read_api_key(scope)
+            if raw_key is not None:
+                known = self._remembered_guesser(scope)
+                if known is not None:
+                    return self._too_many_failures(scope, known)
+            return await self.resolver.resolve(scope, raw_key)
+        except InvalidCredentials as exc:
+            return await self._failed(scope, unauthorized(str(exc), path))
+        except UnusableClientAddress as exc:
+            return bad_request(str(exc), path)
+        except Unavailable as exc:
+            return unavailable(exc.detail, path, exc.retry_after)
+
+    def _address(self, scope: Scope) -> str | None:
+        try:
+            return self.resolver.address(scope)
+        except UnusableClientAddress:
+            return None
+
+    def _remembered_guesser(self, scope: Scope) -> Decision | None:
+        address = self._address(scope)
+        if address is None or self.failover is None:
+            return None
+        return self.failover.remembered(address, self.failure_limits)
+
+    async def _failed(self, scope: Scope, refusal: Response) -> Response:
+        """Count a failed authentication against the client address; 429 past the limit."""
+        address = self._address(scope)
+        if address is None or self.failover is None:
+            return refusal
+        try:
+            decision = await self.failover.check(address, self.failure_limits)
+        except Unavailable:
+            return refusal  # Redis away, fail-closed: the 401 still says what is wrong
+        if decision.binding.allowed:
+            return refusal
+        return self._too_many_failures(scope, decision)
+
+    def _too_many_failures(self, scope: Scope, decision: Decision) -> Response:
+        child(RATELIMIT_DECISIONS, ANONYMOUS, AUTHENTICATION, "limited").inc()
+        limit = decision.binding.limit
+        refusals.warning(
+            "authentication failures exceeded",
+            extra={
+                "plan": ANONYMOUS,
+                "route": AUTHENTICATION,
+                "path": scope["path"],
+                "subject": hashed(self._address(scope) or "ip:unknown"),
+                "policy": limit.policy,
+                "limit": str(limit.item),
+                "request_id": request_id_var.get(),
+            },
+        )
+        scope.setdefault("state", {})[RESPONSE_HEADERS_STATE_KEY] = QuotaHeaders(decision)
+        return too_many_requests(decision, scope["path"])
 
 
 async def deny_websocket(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,16 +122,16 @@ async def deny_websocket(response: Response, scope: Scope, receive: Receive, sen
 
 
 class CallerMiddleware:
-    def __init__(self, app: ASGIApp, resolver: CallerResolver) -> None:
+    def __init__(self, app: ASGIApp, identify: Identification) -> None:
         self.app = app
-        self.resolver = resolver
+        self.identify = identify
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "lifespan" or path.startswith(HEALTH_PREFIX) or path == METRICS_PATH:
             await self.app(scope, receive, send)
             return
-        caller = await identify(self.resolver, scope)
+        caller = await self.identify(scope)
         if isinstance(caller, Response):
             if scope["type"] == "websocket":
                 await deny_websocket(caller, scope, receive, send)

@@ -28,8 +28,6 @@ The other ways in:
   /openapi.json pages are exempt.
 """
 
-import hashlib
-import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -45,28 +43,19 @@ from ..observability.logs import request_id_var
 from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
 from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
-from ..plans.caller import CallerResolver
 from ..problems import unavailable
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY, limiter
-from .middleware import identify
-from .responses import QuotaHeaders, too_many_requests
+from .middleware import Identification
+from .responses import QuotaHeaders, hashed, refusals, too_many_requests
 from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
-# Every refusal, once, on a logger of its own: route it to its own sink or alert on it.
-refusals = logging.getLogger("ratelimit")
-
-
-def hashed(identity: str) -> str:
-    """A stable, non-reversible name for a caller in logs (client addresses are personal data)."""
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
-
 
 class RateLimitCheck:
-    def __init__(self, resolver: CallerResolver, failover: Failover) -> None:
-        self._resolver = resolver
+    def __init__(self, identify: Identification, failover: Failover) -> None:
+        self._identify = identify
         self._failover = failover
 
     async def refusal(self, request: Request, route: RouteLimits) -> Response | None:
@@ -75,7 +64,7 @@ class RateLimitCheck:
         state = scope["state"]
         caller = state.get(CALLER_STATE_KEY)  # resolved by CallerMiddleware, before routing
         if caller is None:  # a limited route under a path that middleware passes through
-            caller = await identify(self._resolver, scope)
+            caller = await self._identify(scope)
             if isinstance(caller, Response):
                 return caller
             state[CALLER_STATE_KEY] = caller
@@ -128,7 +117,7 @@ EXEMPT_APP_ATTRIBUTE = "ratelimit_exempt"
 class RateLimitedRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
-        limits = RouteLimits(limiter, self.endpoint, self.path)
+        limits = RouteLimits(limiter, self.endpoint, self.path_format)
         if limits.exempt:
             return handler
 

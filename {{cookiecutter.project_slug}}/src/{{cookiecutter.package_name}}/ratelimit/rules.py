@@ -86,6 +86,17 @@ def _policy_names(bases: Sequence[str], items: Sequence[RateLimitItem]) -> list[
     ]
 
 
+def standalone_limits(name: str, items: Sequence[RateLimitItem]) -> LimitSet:
+    """Limits counted on their own, under one name, not per route (failed authentications)."""
+    policies = _policy_names([name] * len(items), items)
+    return LimitSet(
+        tuple(
+            AppliedLimit(item=item, namespace=(name,), policy=policy)
+            for item, policy in zip(items, policies, strict=True)
+        )
+    )
+
+
 def counted_method(request: Request) -> str:
     """The method a request is counted as: HEAD is a GET without its body, and spends its budget."""
     method = request.method

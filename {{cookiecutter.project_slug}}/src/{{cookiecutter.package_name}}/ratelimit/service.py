@@ -11,20 +11,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from ..plans.caller import CallerResolver
+from ..plans.plan import parse_limits
 from ..settings import Settings
 from .counting import Counter, RedisCounter, memory_counter
 from .failover import Failover
 from .limiter import limiter
-from .middleware import CallerMiddleware
+from .middleware import CallerMiddleware, Identification
+from .openapi import install_openapi
 from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
+from .rules import standalone_limits
 from .storage import LimitStorage, open_limit_storage
 
 
 class RateLimiting:
-    def __init__(self, app: FastAPI, settings: Settings, resolver: CallerResolver) -> None:
+    def __init__(self, app: FastAPI, settings: Settings, identify: Identification) -> None:
         self.app = app
         self.settings = settings
-        self.resolver = resolver
+        self.identify = identify
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -38,7 +41,9 @@ class RateLimiting:
                 outage_policy=settings.ratelimit_outage_policy,
                 retry_interval=settings.redis_retry_interval_seconds,
             )
-            app.state.ratelimit_check = RateLimitCheck(self.resolver, failover)
+            self.identify.failover = failover
+            app.state.ratelimit_check = RateLimitCheck(self.identify, failover)
+            app.state.ratelimit_failover = failover  # the quota endpoint peeks through it
             yield
 
     def _counter(self, storage: LimitStorage) -> Counter:
@@ -61,7 +66,11 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
     app.router.route_class = RateLimitedRoute
     # A path no route matches is counted against the caller's plan too: a scan meets a 429.
     app.router.default = UnmatchedPaths(app.router.default)
+    failures = standalone_limits("auth-failures", parse_limits(settings.auth_failure_limit))
+    identify = Identification(resolver, failure_limits=failures)
     # Added first, so it runs last of the middleware, inside the request context (401s carry
     # the request id and CORS headers).
-    app.add_middleware(CallerMiddleware, resolver=resolver)
-    return RateLimiting(app, settings, resolver)
+    app.add_middleware(CallerMiddleware, identify=identify)
+    # /openapi.json documents what the limiter answers, built once, on its first request.
+    install_openapi(app, settings)
+    return RateLimiting(app, settings, identify)

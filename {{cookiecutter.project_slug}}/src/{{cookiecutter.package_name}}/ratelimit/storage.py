@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -18,7 +18,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ..settings import Settings
+from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
+from ..settings import Settings, mask_password
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +52,21 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
         yield LimitStorage(redis=None, timeout=settings.redis_timeout_seconds)
         return
     client = connect(settings.redis_url, settings)
-    if isinstance(client, RedisCluster):
-        # Learn the slot map now: concurrent first requests would each start discovering it.
-        try:
-            await client.initialize()
-        except (RedisError, OSError) as exc:
-            logger.warning("Redis Cluster unreachable at start-up (%s); will retry", exc)
+    storage = LimitStorage(redis=client, timeout=settings.redis_timeout_seconds)
     try:
-        yield LimitStorage(redis=client, timeout=settings.redis_timeout_seconds)
+        if isinstance(client, RedisCluster):
+            # Learn the slot map now: concurrent first requests would each start discovering it.
+            with suppress(RedisError, OSError):
+                await client.initialize()
+        # Said at start-up, not first noticed by the first limited request; start-up goes on.
+        if not await storage.ping():
+            logger.warning(
+                "Redis at %s does not answer at start-up: RATELIMIT_OUTAGE_POLICY=%s applies "
+                "until it does",
+                mask_password(settings.redis_url),
+                settings.ratelimit_outage_policy,
+            )
+        yield storage
     finally:
         await client.aclose()
 
@@ -148,12 +156,16 @@ class ScriptRunner:
 
     async def call(self, keys: list[str], args: list[object]) -> list[int]:
         if not self._pipelined:
-            async with asyncio.timeout(self._timeout), self._in_flight:
-                try:
-                    return await self._client.evalsha(self._sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    await self._client.script_load(self._script)
-                    return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            try:
+                async with asyncio.timeout(self._timeout), self._in_flight:
+                    try:
+                        return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+                    except NoScriptError:
+                        await self._client.script_load(self._script)
+                        return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+            except (RedisError, OSError, TimeoutError):
+                RATELIMIT_STORAGE_ERRORS.inc()
+                raise
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((keys, args, future))
@@ -187,6 +199,8 @@ class ScriptRunner:
                 else:
                     future.set_result(reply)
         except BaseException as exc:  # handed to every request still waiting on this batch
+            if isinstance(exc, RedisError | OSError | TimeoutError):
+                RATELIMIT_STORAGE_ERRORS.inc()  # one failed call, however many requests wait
             error = exc if isinstance(exc, Exception) else RedisConnectionError("call cancelled")
             for *_, future in batch:
                 if not future.done():

@@ -4,6 +4,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from ...plans.cache import DATABASE_ERRORS
@@ -30,7 +31,16 @@ async def _database_answers(request: Request) -> bool:
     return True
 
 
-@router.get("/ready")
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, str]
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency does not answer."}},
+)
 @limiter.exempt
 async def ready(request: Request) -> JSONResponse:
     """Can this instance serve traffic? Reports each dependency; 503 while one is down."""

@@ -69,7 +69,7 @@ async def export_items(request: Request) -> StreamingResponse:
     return StreamingResponse(rows(), media_type="text/csv")
 
 
-@router.get("/{item_id}")
+@router.get("/{item_id:int}")  # not "/import" or "/export": those are other routes
 async def get_item(request: Request, item_id: int) -> Item:
     items = _items(request)
     if item_id not in items:
