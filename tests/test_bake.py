@@ -53,6 +53,16 @@ def test_ruff_check_and_format_pass(baked):
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+def test_mypy_strict_passes_on_its_own_python(baked, service_venvs):
+    # In the service's own virtualenv (its dependencies' types), with its pyproject's config:
+    # `strict = true` on src/, as its CI and pre-commit run it.
+    answers, project = baked
+    venv = service_venvs(answers.get("python_version", "3.11"))
+    typed = run([str(venv / "bin" / "python"), "-m", "mypy"], cwd=project, timeout=600)
+    assert typed.returncode == 0, typed.stdout[-4000:] + typed.stderr[-2000:]
+    assert "Success: no issues found" in typed.stdout
+
+
 def test_answers_shape_the_project(baked):
     answers, project = baked
     python = answers.get("python_version", "3.11")

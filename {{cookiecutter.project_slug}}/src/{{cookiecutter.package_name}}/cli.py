@@ -18,6 +18,7 @@ from .database import create_engine, database_url, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.cache import DATABASE_ERRORS
+from .plans.models import PlanRow
 from .settings import Settings, get_settings, settings_or_exit
 
 
@@ -33,7 +34,7 @@ def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
     return routes
 
 
-def _describe_plan(row) -> str:
+def _describe_plan(row: PlanRow) -> str:
     routes = "".join(f" {route}={limits}" for route, limits in sorted(row.route_limits.items()))
     state = "" if row.is_active else " (inactive)"
     return f"{row.name}\t{row.limits}{routes}{state}"

@@ -19,6 +19,7 @@ from .database import create_engine, database_url, is_embedded, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.keys import digest_matches, parse_key
+from .plans.plan import ANONYMOUS
 from .settings import Settings, get_settings, settings_or_exit
 
 # The demo keys, by plan. Secrets, though only for a local database: readable by the owner only.
@@ -63,7 +64,7 @@ def embedded_settings() -> Settings:
 def seeded_plans() -> list[str]:
     """The plans the first migrations seed (cookiecutter's answers), anonymous excepted."""
     seeds = json.loads((files(__package__) / "migrations" / "seed_plans.json").read_text())
-    return [name for name in seeds if name != repository.ANONYMOUS]
+    return [name for name in seeds if name != ANONYMOUS]
 
 
 def read_keys() -> dict[str, str]:
@@ -114,7 +115,7 @@ async def demo_keys(settings: Settings) -> tuple[dict[str, str], bool, int]:
                 if key is None or not await is_live(session, key, plan):
                     key, _ = await repository.create_key(session, plan, DEMO_OWNER)
                 keys[plan] = key
-            anonymous = await repository.get_plan(session, repository.ANONYMOUS)
+            anonymous = await repository.get_plan(session, ANONYMOUS)
     finally:
         await engine.dispose()
     changed = keys != saved

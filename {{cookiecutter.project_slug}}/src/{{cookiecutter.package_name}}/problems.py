@@ -89,7 +89,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if status < 200 or status in (204, 304):  # no body allowed
         return Response(status_code=status, headers=exc.headers)
     detail = exc.detail if isinstance(exc.detail, str) else title
-    extra = {} if isinstance(exc.detail, str) else {"data": jsonable_encoder(exc.detail)}
+    extra: dict[str, object] = (
+        {} if isinstance(exc.detail, str) else {"data": jsonable_encoder(exc.detail)}
+    )
     response = problem(status, title, detail, request.url.path, **extra)
     response.headers.update(exc.headers or {})
     if status == 405:

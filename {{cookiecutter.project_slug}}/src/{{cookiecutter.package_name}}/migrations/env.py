@@ -4,6 +4,7 @@ import asyncio
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -25,7 +26,7 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def run_sync_migrations(connection) -> None:
+def run_sync_migrations(connection: Connection) -> None:
     # Batch mode lets ALTER-style migrations run on SQLite too (the embedded default).
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():

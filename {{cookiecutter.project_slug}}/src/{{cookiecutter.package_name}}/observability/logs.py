@@ -9,6 +9,7 @@ import logging
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import TextIO
 
 from . import HEALTH_PREFIX
 
@@ -47,7 +48,7 @@ class SkipHealthChecks(logging.Filter):
         )
 
 
-class _JsonHandler(logging.StreamHandler):
+class _JsonHandler(logging.StreamHandler[TextIO]):
     """Ours, so that configuring again (one app per test, say) replaces it, not others."""
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..observability.metrics import PLAN_CACHE, PLAN_ERRORS, child
 from ..outages import Outage, Unavailable
@@ -92,7 +92,7 @@ class _TTLCache:
 class PlanCache:
     def __init__(
         self,
-        sessions: async_sessionmaker,
+        sessions: async_sessionmaker[AsyncSession],
         ttl: float,
         retry_interval: float = 2.0,
         max_entries: int = 100_000,
@@ -105,7 +105,7 @@ class PlanCache:
         # which are what a database outage is ridden out on.
         self._unknown_keys = _TTLCache(max_entries)
         self._plans = _TTLCache(max_entries)  # name -> Plan, or None: no such active plan
-        self._inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
         # One Plan object per plan while it is unchanged, however many keys share it: the
         # limits worked out per route and plan (the rate limiter's rules) are kept by identity.
         self._plan_objects: dict[str, Plan] = {}
@@ -120,13 +120,15 @@ class PlanCache:
             if now - unknown.fetched_at < self._ttl or self._outage.skips(now):
                 child(PLAN_CACHE, "hit").inc()
                 return None
-        return await self._read(
+        grant: KeyGrant | None = await self._read(
             self._keys, "key", public_id, self._fetch_key, unknown=self._unknown_keys
         )
+        return grant
 
     async def plan(self, name: str) -> Plan | None:
         """The active plan of this name; None when there is none."""
-        return await self._read(self._plans, "plan", name, self._fetch_plan)
+        plan: Plan | None = await self._read(self._plans, "plan", name, self._fetch_plan)
+        return plan
 
     async def preload(self) -> None:
         """Read every plan now, so that first requests do not wait for the database. A plan
@@ -217,8 +219,10 @@ class PlanCache:
         except MisconfiguredPlan as exc:
             self._report(exc, now)
             # The last good version, if any, until the row is mended; checked again each TTL.
-            last_good = entry is not None and type(entry.value) is not _Misconfigured
-            value = entry.value if last_good else _Misconfigured(exc.name)
+            if entry is not None and type(entry.value) is not _Misconfigured:
+                value = entry.value
+            else:
+                value = _Misconfigured(exc.name)
         if outage.answered():
             logger.warning("Plans database is back")
         if value is None and unknown is not None:
@@ -235,7 +239,7 @@ class PlanCache:
         pending = self._inflight.get(flight)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[flight] = future
         try:
             value = await fetch()

@@ -47,7 +47,8 @@ def read_api_key(scope: Scope) -> str | None:
         return None
     if len(set(keys)) > 1:
         raise InvalidCredentials("the request carries more than one API key")
-    return keys[0]
+    key: str = keys[0]
+    return key
 
 
 def client_address(scope: Scope) -> str:

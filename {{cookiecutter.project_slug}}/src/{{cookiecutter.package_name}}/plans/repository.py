@@ -115,4 +115,5 @@ async def revoke_keys_of(session: AsyncSession, owner: str) -> int:
         .where(ApiKeyRow.owner == owner, ApiKeyRow.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
     )
-    return result.rowcount
+    revoked: int = result.rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+    return revoked

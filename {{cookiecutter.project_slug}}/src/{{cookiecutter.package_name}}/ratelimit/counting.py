@@ -138,7 +138,7 @@ class MemoryGcra:
 
     def __init__(self) -> None:
         # counter key -> theoretical arrival time of its next request (monotonic seconds)
-        self._arrivals: dict[tuple, float] = {}
+        self._arrivals: dict[tuple[str, str], float] = {}
 
     def remembered(self, identity: str, limit_set: LimitSet) -> None:
         return None  # counted here already: nothing to spare
@@ -211,7 +211,7 @@ class RedisCounter:
         self._sequence = itertools.count()
         # (counter keys, script arguments) of a refused request -> (monotonic time until
         # which Redis would refuse it too, the results it got)
-        self._refusing: dict[tuple, tuple[float, tuple[LimitResult, ...]]] = {}
+        self._refusing: dict[tuple[str | int, ...], tuple[float, tuple[LimitResult, ...]]] = {}
 
     def key(self, identity: str, limit: AppliedLimit) -> str:
         # The subject is the hash tag: all of one caller's keys share a cluster slot.
@@ -228,7 +228,7 @@ class RedisCounter:
     async def evaluate(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
         limits = limit_set.limits
         keys = [self.key(identity, limit) for limit in limits]
-        signature = (*keys, *limit_set.script_args)
+        signature: tuple[str | int, ...] = (*keys, *limit_set.script_args)
         nonce = self._nonce_prefix + str(next(self._sequence))
         reply = await self._script.call(keys, [self._strategy, nonce, *limit_set.script_args])
         server_now, wall, clock = reply[1], time.time(), time.monotonic()
@@ -260,7 +260,7 @@ class RedisCounter:
         )
 
     def _remember_refusal(
-        self, signature: tuple, until: float, results: tuple[LimitResult, ...]
+        self, signature: tuple[str | int, ...], until: float, results: tuple[LimitResult, ...]
     ) -> None:
         if len(self._refusing) > 10_000:  # forget the expired ones before growing further
             clock = time.monotonic()

@@ -15,7 +15,8 @@ this Limiter never touches storage. slowapi is pinned exactly because the servic
 its registry layout.
 """
 
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from slowapi import Limiter
 from starlette.requests import Request
@@ -23,12 +24,13 @@ from starlette.requests import Request
 # Where the caller middleware leaves the request's Caller (plans/caller.py) in its state.
 CALLER_STATE_KEY = "caller"
 
-T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def caller_key(request: Request) -> str:
     """slowapi key function: the caller's identity, so route limits count per caller too."""
-    return request.scope["state"][CALLER_STATE_KEY].identity
+    identity: str = request.scope["state"][CALLER_STATE_KEY].identity
+    return identity
 
 
 class DeclarationsLimiter(Limiter):
@@ -41,8 +43,13 @@ class DeclarationsLimiter(Limiter):
     is in settings.py; this object only holds declarations, so slowapi reads nothing.
     """
 
-    def get_app_config(self, key: str, default_value: T = None) -> T:
+    def get_app_config(self, key: str, default_value: Any = None) -> Any:
         return default_value
+
+    def exempt(self, obj: F) -> F:
+        """`@limiter.exempt`, typed: slowapi's own decorator is not annotated."""
+        exempted: F = super().exempt(obj)  # type: ignore[no-untyped-call]
+        return exempted
 
 
 limiter = DeclarationsLimiter(

@@ -81,7 +81,7 @@ SECURITY_SCHEMES: Document = {
     },
 }
 # Either scheme, or none: a caller without a key is served on the anonymous plan.
-OPTIONAL_KEY = [{"bearer": []}, {"apiKey": []}, {}]
+OPTIONAL_KEY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}, {}]
 
 
 def _refusal(description: str, *headers: str) -> Document:

@@ -132,7 +132,8 @@ class RateLimitedRoute(APIRoute):
         return limited_handler
 
     def _answers_head(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in self.methods
+        methods = self.methods or ()
+        return scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in methods
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         # FastAPI's routes answer 405 to HEAD where Starlette's answer it as a GET without body.

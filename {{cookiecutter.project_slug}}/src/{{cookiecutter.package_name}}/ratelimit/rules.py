@@ -124,7 +124,7 @@ class RouteLimits:
         self._dynamic = tuple(limiter._dynamic_route_limits.get(name, ()))
         for group in self._dynamic:
             # Refused at start-up: slowapi would silently ignore it at request time.
-            if inspect.iscoroutinefunction(group._LimitGroup__limit_provider):
+            if inspect.iscoroutinefunction(getattr(group, "_LimitGroup__limit_provider", None)):
                 raise TypeError(
                     f"{name}: slowapi ignores async limit callables; make it a plain function"
                 )
@@ -156,7 +156,7 @@ class RouteLimits:
         ]
         declared = list(self._static)
         for group in self._dynamic:
-            declared.extend(group.with_request(request))
+            declared.extend(group.with_request(request))  # type: ignore[no-untyped-call]
         method = counted_method(request).lower()
         declared = [
             limit
@@ -169,7 +169,7 @@ class RouteLimits:
         )
         for limit, policy in zip(declared, names, strict=True):
             scope = limit.scope
-            namespace = ("shared", scope) if scope else ("route", route)
+            namespace: tuple[str, ...] = ("shared", scope) if scope else ("route", route)
             if limit.per_method:
                 namespace += (method,)
             message = limit.error_message

@@ -24,6 +24,11 @@ from ..settings import Settings, mask_password
 logger = logging.getLogger(__name__)
 
 RedisClient = Redis | RedisCluster
+# A script call's arguments after its keys, and its reply: a flat list of integers.
+ScriptArgs = list[str | int]
+Reply = list[int]
+# One call waiting in a batch: its keys, its arguments, and where its reply goes.
+PendingCall = tuple[list[str], ScriptArgs, "asyncio.Future[Reply]"]
 
 
 @dataclass(slots=True)
@@ -71,13 +76,19 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
         await client.aclose()
 
 
-def _hosts(netloc: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+@dataclass(frozen=True, slots=True)
+class _Credentials:
+    username: str | None = None
+    password: str | None = None
+
+
+def _hosts(netloc: str) -> tuple[list[tuple[str, int]], _Credentials]:
     """`user:password@host1:port1,host2:port2` -> the hosts, and the credentials if any."""
     auth, _, hosts = netloc.rpartition("@")
-    credentials = {}
+    credentials = _Credentials()
     if auth:
         username, _, password = auth.partition(":")
-        credentials = {"username": unquote(username) or None, "password": unquote(password)}
+        credentials = _Credentials(unquote(username) or None, unquote(password))
     found = []
     for host in hosts.split(","):
         name, _, port = host.rpartition(":")
@@ -99,20 +110,20 @@ def connect(url: str, settings: Settings) -> RedisClient:
       REDIS_MAX_CONNECTIONS, and the standalone pool waits for a free connection.
     """
     timeout = settings.redis_timeout_seconds
-    common = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
-    }
+    retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
     parts = urlsplit(url)
+    tls = parts.scheme.startswith("rediss")
     if parts.scheme in ("redis+cluster", "rediss+cluster"):
         hosts, credentials = _hosts(parts.netloc)
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in hosts],
-            ssl=parts.scheme.startswith("rediss"),
+            ssl=tls,
             max_connections=settings.redis_max_connections,
-            **credentials,
-            **common,
+            username=credentials.username,
+            password=credentials.password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=retry,
         )
     if parts.scheme in ("redis+sentinel", "rediss+sentinel"):
         hosts, credentials = _hosts(parts.netloc)
@@ -121,15 +132,34 @@ def connect(url: str, settings: Settings) -> RedisClient:
             raise ValueError(
                 "a redis+sentinel:// URL names the service: redis+sentinel://h:26379/mymaster"
             )
-        sentinel = Sentinel(hosts, sentinel_kwargs={**common, **credentials}, **common)
-        return sentinel.master_for(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            hosts,
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "retry": retry,
+                "username": credentials.username,
+                "password": credentials.password,
+            },
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=retry,
+        )
+        master: Redis = sentinel.master_for(
             service,
             db=int(database or 0),
-            ssl=parts.scheme.startswith("rediss"),
-            **credentials,
+            ssl=tls,
+            username=credentials.username,
+            password=credentials.password,
         )
+        return master
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=settings.redis_max_connections, timeout=None, **common
+        url,
+        max_connections=settings.redis_max_connections,
+        timeout=None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
     )
     return Redis(connection_pool=pool)
 
@@ -151,23 +181,26 @@ class ScriptRunner:
         self._pipelined = not isinstance(client, RedisCluster)
         self._in_flight = asyncio.Semaphore(max_calls)
         self._timeout = timeout  # one timer per batch rather than one per request
-        self._pending: list[tuple[list[str], list[object], asyncio.Future]] = []
-        self._sending: set[asyncio.Task] = set()
+        self._pending: list[PendingCall] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
-    async def call(self, keys: list[str], args: list[object]) -> list[int]:
+    async def call(self, keys: list[str], args: ScriptArgs) -> Reply:
         if not self._pipelined:
             try:
                 async with asyncio.timeout(self._timeout), self._in_flight:
                     try:
-                        return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+                        reply: Reply = await self._client.evalsha(
+                            self._sha, len(keys), *keys, *args
+                        )
                     except NoScriptError:
                         await self._client.script_load(self._script)
-                        return await self._client.evalsha(self._sha, len(keys), *keys, *args)
+                        reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
+                    return reply
             except (RedisError, OSError, TimeoutError):
                 RATELIMIT_STORAGE_ERRORS.inc()
                 raise
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._pending.append((keys, args, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)  # after every request of this tick has queued its call
@@ -179,7 +212,7 @@ class ScriptRunner:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> None:
+    async def _send(self, batch: list[PendingCall]) -> None:
         try:
             async with asyncio.timeout(self._timeout), self._in_flight:
                 replies = await self._pipeline(batch)
@@ -208,7 +241,7 @@ class ScriptRunner:
             if error is not exc:
                 raise  # cancelled (shutting down): the task itself ends cancelled
 
-    async def _pipeline(self, batch: list[tuple[list[str], list[object], asyncio.Future]]) -> list:
+    async def _pipeline(self, batch: list[PendingCall]) -> list[Reply | ResponseError]:
         """Every call of the batch in one write on one pooled connection, then their replies.
 
         Why not redis-py's Pipeline: it builds a command stack, encodes every argument through
@@ -225,12 +258,13 @@ class ScriptRunner:
             # more try, on a fresh connection, as redis-py's own retry does.
             return await self._exchange(payload, len(batch))
 
-    async def _exchange(self, payload: bytes, replies: int) -> list:
+    async def _exchange(self, payload: bytes, replies: int) -> list[Reply | ResponseError]:
+        assert isinstance(self._client, Redis)  # a cluster's calls are not batched
         pool = self._client.connection_pool
-        connection = await pool.get_connection()
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
         try:
             await connection.send_packed_command(payload, check_health=False)
-            received: list = []
+            received: list[Reply | ResponseError] = []
             for _ in range(replies):
                 try:
                     received.append(await connection.read_response())
@@ -243,7 +277,7 @@ class ScriptRunner:
         finally:
             await pool.release(connection)
 
-    def _evalsha(self, keys: list[str], args: list[object]) -> bytes:
+    def _evalsha(self, keys: list[str], args: ScriptArgs) -> bytes:
         """EVALSHA sha numkeys key... arg... in the Redis protocol (RESP)."""
         parts = [self._sha, len(keys), *keys, *args]
         packed = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1)]

@@ -31,7 +31,8 @@ def _items(request: Request) -> dict[int, Item]:
     state = request.app.state
     if not hasattr(state, "example_items"):
         state.example_items = {}
-    return state.example_items
+    items: dict[int, Item] = state.example_items
+    return items
 
 
 @router.get("")

@@ -53,6 +53,7 @@ class PlanQuotas:
             for context in iter_route_contexts(app.routes)
             if isinstance(context.original_route, RateLimitedRoute)
             and not is_exempt(limiter, context.original_route.endpoint)
+            and context.path_format is not None
         }
         self._routes = [
             RouteLimits(limiter, _plan_limits_only, path) for path in [*paths, UNMATCHED]

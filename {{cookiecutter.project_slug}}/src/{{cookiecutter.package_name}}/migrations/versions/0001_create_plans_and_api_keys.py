@@ -6,6 +6,7 @@ Create Date: 2026-11-27
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -16,9 +17,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def timestamp(name: str, **kwargs: object) -> sa.Column:
+def timestamp(name: str, nullable: bool) -> sa.Column[datetime]:
     # func.now() rather than text("now()"): it renders as CURRENT_TIMESTAMP on SQLite.
-    return sa.Column(name, sa.DateTime(timezone=True), server_default=sa.func.now(), **kwargs)
+    return sa.Column(
+        name, sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=nullable
+    )
 
 
 def upgrade() -> None:
