@@ -309,15 +309,26 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
     """Start the service as the README does (uvicorn), in its own process; returns its base URL."""
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(app: str = "{{ cookiecutter.package_name }}.main:app", **env: str) -> str:
+    def start(
+        app: str = "{{ cookiecutter.package_name }}.main:app",
+        *,
+        log_level: str = "warning",
+        stderr: Path | None = None,
+        **env: str,
+    ) -> str:
+        """`stderr`: a file to write the server's stderr (its logs) to, for the test to read."""
         port = free_port()
+        output = stderr.open("wb") if stderr else None
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app,
              "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
-             "--log-level", "warning"],
+             "--log-level", log_level],
             cwd=tmp_path,  # away from the project's .env: the test decides every setting
             env={**os.environ, **env},
+            stderr=output,
         )  # fmt: skip
+        if output:
+            output.close()  # the server writes to its own copy
         processes.append(process)
         base_url = f"http://127.0.0.1:{port}"
 

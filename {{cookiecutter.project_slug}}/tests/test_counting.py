@@ -66,3 +66,25 @@ async def test_a_flood_over_the_limit_is_refused_without_asking_redis(
     assert int(last.headers["retry-after"]) <= int(first_refusal.headers["retry-after"])
     assert last.headers["x-ratelimit-reset"] == first_refusal.headers["x-ratelimit-reset"]
     assert last.headers["ratelimit-policy"] == '"anonymous";q=5;w=60'
+
+
+async def test_a_large_moving_window_limit_is_counted_without_an_entry_per_hit(
+    make_settings, throwaway_redis, database_url
+):
+    # RATELIMIT_MOVING_WINDOW_MAX_HITS: up to it a limit is an exact moving window (a sorted
+    # set, one entry per hit); above it, two counters whatever the traffic.
+    await set_plan(database_url, "anonymous", "5/minute;50/hour")
+    settings = make_settings(
+        redis_url=throwaway_redis.url,
+        ratelimit_strategy="moving-window",
+        ratelimit_moving_window_max_hits=10,
+    )
+    async with running_client(settings) as client:
+        statuses = [(await client.get("/v1/items")).status_code for _ in range(7)]
+    server = redis.Redis(port=throwaway_redis.port)
+    kinds = {key.decode(): server.type(key) for key in server.scan_iter()}
+    assert statuses == [200] * 5 + [429] * 2
+    per_minute = [kind for name, kind in kinds.items() if "5/1minute" in name]
+    per_hour = [kind for name, kind in kinds.items() if "50/1hour" in name]
+    assert per_minute == [b"zset"]  # exact: 5 entries
+    assert per_hour and set(per_hour) == {b"string"}  # the sliding window counter's counts

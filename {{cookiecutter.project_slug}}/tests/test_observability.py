@@ -1,9 +1,13 @@
 """Request ids, the refusal log and the metrics an operator relies on."""
 
+import hashlib
 import json
 import logging
 import re
 
+import httpx
+
+from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
 
 from .conftest import create_key, metric, running_client, set_plan
@@ -74,3 +78,99 @@ async def test_metrics_are_never_limited_and_need_no_key(make_settings, database
         with_bad_key = await client.get("/metrics", headers={"X-API-Key": "nonsense"})
     assert {r.status_code for r in scrapes} == {200}
     assert with_bad_key.status_code == 200
+
+
+def access_lines(records: list[logging.LogRecord]) -> list[dict]:
+    """The access lines among `records`, as the service writes them."""
+    return [json.loads(JsonFormatter().format(r)) for r in records if r.name == "access"]
+
+
+async def test_each_request_has_one_access_line_naming_its_route_plan_and_hashed_client(
+    make_settings, database_url, caplog
+):
+    caplog.set_level(logging.INFO)
+    key = await create_key(database_url, "pro")
+    async with running_client(make_settings(), client_ip="203.0.113.77") as client:
+        anonymous = await client.get("/v1/items/7", headers={"X-Request-ID": "req-access-01"})
+        with_key = await client.get("/v1/items", headers={"X-API-Key": key})
+        await client.get("/health/live")
+        await client.get("/health/ready")
+    first, second = access_lines(caplog.records)  # one a request, none for the probes
+    assert first["method"] == "GET" and first["route"] == "/v1/items/{item_id}"  # not the path
+    assert first["status"] == anonymous.status_code and first["request_id"] == "req-access-01"
+    assert first["plan"] == "anonymous" and first["level"] == "info"
+    assert isinstance(first["duration_ms"], float) and 0 < first["duration_ms"] < 10_000
+    assert second["plan"] == "pro" and second["route"] == "/v1/items"
+    assert second["request_id"] == with_key.headers["x-request-id"]
+    client_hash = hashlib.sha256(b"ip:203.0.113.77").hexdigest()[:16]
+    assert first["client"] == second["client"] == client_hash
+    assert "203.0.113.77" not in json.dumps([first, second])  # client addresses are hashed
+    assert key not in json.dumps([first, second])
+
+
+async def test_the_access_line_holds_the_client_address_only_when_asked_to(make_settings, caplog):
+    caplog.set_level(logging.INFO)
+    async with running_client(make_settings(log_client_address=True), "203.0.113.78") as client:
+        await client.get("/v1/items")
+    async with running_client(make_settings(access_log=False), "203.0.113.79") as client:
+        await client.get("/v1/items")
+    [line] = access_lines(caplog.records)  # none with ACCESS_LOG=false
+    assert line["client_address"] == "203.0.113.78"
+    assert line["client"] == hashlib.sha256(b"ip:203.0.113.78").hexdigest()[:16]
+
+
+def test_under_uvicorn_every_log_line_is_plain_json_and_access_lines_come_once(
+    start_uvicorn, redis_url, key_prefix, database_url, tmp_path
+):
+    """uvicorn's own records carry `color_message` (ANSI colour escapes) and its access log the
+    raw client address; as the README runs it (access log on), neither reaches the output."""
+    stderr = tmp_path / "stderr.log"
+    base_url = start_uvicorn(
+        log_level="info",
+        stderr=stderr,
+        REDIS_URL=redis_url,
+        RATELIMIT_KEY_PREFIX=key_prefix,
+        DATABASE_URL=database_url,
+    )
+    answer = httpx.get(f"{base_url}/v1/items", headers={"X-Request-ID": "req-uvicorn-01"})
+    assert answer.status_code == 200
+    lines = stderr.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # each line one JSON object, or this fails
+    assert any(e["logger"] == "uvicorn.error" for e in entries)  # uvicorn's records are there
+    assert not any("color_message" in e for e in entries)
+    assert not any("\x1b" in str(value) for e in entries for value in e.values())
+    assert not any(e["logger"] == "uvicorn.access" for e in entries)
+    access = [e for e in entries if e["logger"] == "access"]  # the start-up probes: not logged
+    assert [(e["route"], e["status"], e["request_id"]) for e in access] == [
+        ("/v1/items", 200, "req-uvicorn-01")
+    ]
+
+
+def test_uvicorn_access_log_stays_off_without_uvicorn_logging_config(make_settings):
+    """uvicorn.run(log_config=None) leaves uvicorn's access logger handing its lines (with the
+    raw client address) to the root logger's handler, ours."""
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.propagate = True
+    create_app(make_settings())
+    assert not uvicorn_access.hasHandlers()
+
+
+async def test_request_durations_are_a_histogram_by_route_method_and_status_class(
+    make_settings,
+):
+    async with running_client(make_settings()) as client:
+        before = (await client.get("/metrics")).text
+        for _ in range(7):  # anonymous callers get 5/minute here: five 200s, then two 429s
+            await client.get("/v1/items")
+        after = (await client.get("/metrics")).text
+
+    def delta(name: str, **labels: str) -> float:
+        return metric(after, f"http_request_duration_seconds_{name}", **labels) - metric(
+            before, f"http_request_duration_seconds_{name}", **labels
+        )
+
+    route = {"method": "GET", "route": "/v1/items"}
+    assert delta("count", status="2xx", **route) == 5
+    assert delta("count", status="4xx", **route) == 2
+    assert delta("bucket", le="+Inf", status="2xx", **route) == 5
+    assert 0 < delta("sum", status="2xx", **route) < 5 * 10

@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         max_header_bytes=settings.max_header_bytes,
         max_body_bytes=settings.max_body_size_bytes,
+        access_log=settings.access_log,
+        log_client_address=settings.log_client_address,
     )
     if settings.trusted_proxies:
         # The real client address, before anything reads it.

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     app_name: str = "{{ cookiecutter.project_name }}"
     # Level of the JSON logs on stderr.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One JSON line per request (at INFO). Off where the proxy's access log is enough: the line
+    # is a noticeable share of the CPU a cheap request costs (README, Performance).
+    access_log: bool = True
+    # Write the client's address in the access line, beside its hash. Off by default: addresses
+    # are personal data, and the hash is enough to follow one client through the lines.
+    log_client_address: bool = False
     # Serve /docs, /redoc and /openapi.json. Turn off where the API description is not public.
     docs_enabled: bool = True
     # Origins allowed to call the API from a browser (CORS), comma-separated. Empty: CORS off.
@@ -76,6 +82,11 @@ class Settings(BaseSettings):
     # While Redis is unreachable: serve with per-process in-memory limits (fail-open) or
     # answer 503 with Retry-After (fail-closed).
     ratelimit_outage_policy: OutagePolicy = "{{ cookiecutter.redis_outage_policy }}"
+    # With the moving window, limits of more hits than this are counted by the sliding window
+    # counter instead: a moving window keeps one Redis entry per admitted hit for its whole
+    # window, so a busy key of `100000/day` would hold megabytes; the counter holds two numbers.
+    # Exactness is kept where it is cheap (per-second and per-minute limits of most plans).
+    ratelimit_moving_window_max_hits: int = Field(default=1000, ge=1)
     # Prefix of every limiter key in Redis, so several services (or test runs) can share one Redis.
     ratelimit_key_prefix: str = "{{ cookiecutter.project_slug }}"
 

@@ -7,10 +7,19 @@ mode).
 """
 
 from functools import lru_cache
+from typing import TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("http_requests_total", "HTTP requests answered", ["method", "route", "status"])
+# Status classes ("2xx"), not codes: each label set costs one series per bucket.
+REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from a request's arrival in the app to its last response byte",
+    ["method", "route", "status"],
+    # Finer than prometheus-client's default buckets at the low end, where a fast API answers.
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 RATELIMIT_DECISIONS = Counter(
     "ratelimit_decisions_total",
     "Rate-limit decisions; fallback: decided in memory while Redis was away",
@@ -42,7 +51,14 @@ PLAN_CACHE = Counter(
 )
 
 
+Metric = TypeVar("Metric", Counter, Histogram)
+
+
 @lru_cache(maxsize=4096)
-def child(metric: Counter, *labels: str) -> Counter:
-    """`metric.labels(*labels)`, kept: prometheus-client validates and locks on every call."""
+def _child(metric: Counter | Histogram, *labels: str) -> Counter | Histogram:
     return metric.labels(*labels)
+
+
+def child(metric: Metric, *labels: str) -> Metric:
+    """`metric.labels(*labels)`, kept: prometheus-client validates and locks on every call."""
+    return cast(Metric, _child(metric, *labels))

@@ -1,6 +1,6 @@
 """Pure ASGI middleware around every request: the request id in and out, the headers other
-parts leave for the response (the quota headers), the count of every answer, and caps on the
-size of request headers and body.
+parts leave for the response (the quota headers), the count and duration of every answer, its
+access line, and caps on the size of request headers and body.
 
 A body announced larger than MAX_BODY_SIZE_BYTES (Content-Length) is refused with a 413 before
 anything else runs, so it costs no quota. A chunked body has no announced size: Starlette's
@@ -9,31 +9,49 @@ body limit stops it as it is read, once its route's limits have counted the requ
 The request id comes from X-Request-ID (nginx sets one) when it looks like one, else a new one;
 it is echoed in the response and attached to every log line of the request.
 
+The access line (the `access` logger, one JSON object a request, health probes left out) names
+the route template, never the raw path, and the client by a hash of its address unless
+LOG_CLIENT_ADDRESS is on: addresses are personal data.
+
 One middleware, one pass over the request headers, one wrapped `send`: each layer of ASGI
 middleware costs every request a few microseconds, which a rate limiter in front of cheap
 endpoints cannot spare (see bench/ in the template).
 """
 
+import logging
 import random
 import re
+import time
 
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..problems import problem
-from .logs import request_id_var
-from .metrics import REQUESTS, child
+from . import HEALTH_PREFIX
+from .logs import access, hashed_client, request_id_var
+from .metrics import REQUEST_DURATION, REQUESTS, child
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{8,128}")
 
 # Where a part of the app (the rate limiter: its quota headers) may leave, in the request's
 # state, a callable returning headers to add to the response; called when the response starts.
 RESPONSE_HEADERS_STATE_KEY = "response_headers"
+# Where the caller middleware leaves the name of the caller's plan, for the access line.
+PLAN_STATE_KEY = "plan_name"
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, max_header_bytes: int, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_header_bytes: int,
+        max_body_bytes: int,
+        access_log: bool = True,
+        log_client_address: bool = False,
+    ) -> None:
         self.app = app
+        self.access_log = access_log
+        self.log_client_address = log_client_address
         # uvicorn's httptools parser accepts headers of any size (its h11 parser caps them).
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
@@ -45,6 +63,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         request_id = None
         header_bytes = 0
         body_bytes = 0
@@ -91,7 +110,34 @@ class RequestContextMiddleware:
                 return
             await app(scope, receive, send_with_context)
         finally:
+            duration = time.perf_counter() - started
             # The router records the matched route in the scope; unmatched paths share a label.
             route = getattr(scope.get("route"), "path_format", "<unmatched>")
-            child(REQUESTS, scope["method"], route, str(status)).inc()
+            method = scope["method"]
+            child(REQUESTS, method, route, str(status)).inc()
+            child(REQUEST_DURATION, method, route, f"{status // 100}xx").observe(duration)
+            if (
+                self.access_log
+                and access.isEnabledFor(logging.INFO)
+                and not scope["path"].startswith(HEALTH_PREFIX)
+            ):
+                self._log_access(scope, method, route, status, duration, request_id)
             request_id_var.reset(token)
+
+    def _log_access(
+        self, scope: Scope, method: str, route: str, status: int, duration: float, request_id: str
+    ) -> None:
+        client = scope.get("client")
+        address = client[0] if client else "unknown"
+        line = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+            "request_id": request_id,
+            "plan": scope["state"].get(PLAN_STATE_KEY),
+            "client": hashed_client(address),
+        }
+        if self.log_client_address:
+            line["client_address"] = address
+        access.info("%s %s %d", method, route, status, extra=line)

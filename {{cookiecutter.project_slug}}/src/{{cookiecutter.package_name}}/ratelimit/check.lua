@@ -1,25 +1,31 @@
 -- Decide every limit of one request in one round trip, atomically, on the Redis clock.
 --
 -- KEYS[i]   the counter of limit i (all of one caller's keys share a hash tag: one slot)
--- ARGV      strategy, nonce, n, then amount, window seconds, cost for each of the n limits;
---           an empty nonce is a peek: every limit's state, read only (the quota endpoint)
+-- ARGV      strategy, nonce, exact_max, n, then amount, window seconds, cost for each of the
+--           n limits; an empty nonce is a peek: every limit's state, read only (the quota
+--           endpoint). With the moving window, a limit of more than exact_max hits is counted
+--           by the sliding window counter instead: a moving window keeps one entry per hit.
 -- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}
 --
 -- All or nothing: a request refused by one limit consumes none of the others. "reset" is when
 -- the limit frees capacity again (the oldest hit leaving a moving window, the end of a fixed
 -- window, the weighted count falling low enough in a sliding window counter); for GCRA, when
 -- a refused request would fit, or when an admitted one's bucket is full again.
-local strategy, nonce, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local configured, nonce, exact_max, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local peek = nonce == ''
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local limits, all_allowed = {}, 1
 for i = 1, n do
-  local amount = tonumber(ARGV[1 + 3 * i])
-  local window = tonumber(ARGV[2 + 3 * i]) * 1000
-  local cost = tonumber(ARGV[3 + 3 * i])
+  local amount = tonumber(ARGV[2 + 3 * i])
+  local window = tonumber(ARGV[3 + 3 * i]) * 1000
+  local cost = tonumber(ARGV[4 + 3 * i])
   local key = KEYS[i]
+  local strategy = configured
+  if strategy == 'moving-window' and amount > exact_max then
+    strategy = 'sliding-window-counter'
+  end
   -- state: the sliding window counter's current key, or GCRA's new arrival time
   local count, reset, state
   if strategy == 'moving-window' then
@@ -77,12 +83,12 @@ for i = 1, n do
   end
   local allowed = count + cost <= amount and 1 or 0
   if allowed == 0 then all_allowed = 0 end
-  limits[i] = {key, amount, window, cost, count, reset, allowed, state}
+  limits[i] = {key, amount, window, cost, count, reset, allowed, state, strategy}
 end
 
 if all_allowed == 1 and not peek then
   for i = 1, n do
-    local key, amount, window, cost, count, reset, allowed, state = unpack(limits[i])
+    local key, amount, window, cost, count, reset, allowed, state, strategy = unpack(limits[i])
     if strategy == 'moving-window' then
       for j = 1, cost do
         redis.call('ZADD', key, now, nonce .. ':' .. i .. ':' .. j)

@@ -85,16 +85,35 @@ class Counter(Protocol):
         ...
 
 
-def memory_counter(strategy: Strategy) -> "MemoryCounter | MemoryGcra":
+def strategy_for(strategy: Strategy, limit: AppliedLimit, moving_window_max_hits: int) -> Strategy:
+    """The algorithm that counts `limit`: the configured one, except that a moving window of
+    more hits than `moving_window_max_hits` is counted by the sliding window counter (the
+    moving window keeps one entry per hit for its whole window; check.lua does the same)."""
+    if strategy == "moving-window" and limit.item.amount > moving_window_max_hits:
+        return "sliding-window-counter"
+    return strategy
+
+
+def memory_counter(strategy: Strategy, moving_window_max_hits: int) -> "MemoryCounter | MemoryGcra":
     """Counts kept in this process: no Redis configured, or the fail-open fallback."""
-    return MemoryGcra() if strategy == "gcra" else MemoryCounter(strategy)
+    if strategy == "gcra":
+        return MemoryGcra()
+    return MemoryCounter(strategy, moving_window_max_hits)
 
 
 class MemoryCounter:
     """Per-process counts with the `limits` library: not shared with any other instance."""
 
-    def __init__(self, strategy: Strategy) -> None:
-        self._strategy = MEMORY_STRATEGIES[strategy](MemoryStorage())
+    def __init__(self, strategy: Strategy, moving_window_max_hits: int) -> None:
+        storage = MemoryStorage()
+        self._configured = strategy
+        self._max_hits = moving_window_max_hits
+        self._limiters = {
+            name: MEMORY_STRATEGIES[name](storage) for name in {strategy, "sliding-window-counter"}
+        }
+
+    def _limiter(self, limit: AppliedLimit) -> RateLimiter:
+        return self._limiters[strategy_for(self._configured, limit, self._max_hits)]
 
     def remembered(self, identity: str, limit_set: LimitSet) -> None:
         return None  # counted here already: nothing to spare
@@ -104,28 +123,28 @@ class MemoryCounter:
         others, so every limit is tested before any is hit. Not atomic as the script is: memory
         storage does no I/O, but its expiry task can hold a key's lock for a moment, and a
         concurrent request of this process then passes between test and hit."""
-        strategy = self._strategy
-        counted = [(limit, limit.subject or identity) for limit in limit_set.limits]
+        counted = [
+            (limit, limit.subject or identity, self._limiter(limit)) for limit in limit_set.limits
+        ]
         allowed = [
-            await strategy.test(limit.item, subject, *limit.namespace, cost=limit.cost)
-            for limit, subject in counted
+            await limiter.test(limit.item, subject, *limit.namespace, cost=limit.cost)
+            for limit, subject, limiter in counted
         ]
         if all(allowed):
-            for limit, subject in counted:
-                await strategy.hit(limit.item, subject, *limit.namespace, cost=limit.cost)
+            for limit, subject, limiter in counted:
+                await limiter.hit(limit.item, subject, *limit.namespace, cost=limit.cost)
         results = []
-        for (limit, subject), ok in zip(counted, allowed, strict=True):
-            stats = await strategy.get_window_stats(limit.item, subject, *limit.namespace)
+        for (limit, subject, limiter), ok in zip(counted, allowed, strict=True):
+            stats = await limiter.get_window_stats(limit.item, subject, *limit.namespace)
             results.append(LimitResult(limit, ok, stats.remaining, stats.reset_time))
         return tuple(results)
 
     async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
-        strategy = self._strategy
         results = []
         for limit in limit_set.limits:
-            subject = limit.subject or identity
-            ok = await strategy.test(limit.item, subject, *limit.namespace, cost=limit.cost)
-            stats = await strategy.get_window_stats(limit.item, subject, *limit.namespace)
+            subject, limiter = limit.subject or identity, self._limiter(limit)
+            ok = await limiter.test(limit.item, subject, *limit.namespace, cost=limit.cost)
+            stats = await limiter.get_window_stats(limit.item, subject, *limit.namespace)
             results.append(LimitResult(limit, ok, stats.remaining, stats.reset_time))
         return tuple(results)
 
@@ -201,9 +220,11 @@ class RedisCounter:
         key_prefix: str,
         max_calls: int,
         timeout: float,
+        moving_window_max_hits: int,
     ) -> None:
         self._script = ScriptRunner(client, CHECK_SCRIPT, max_calls=max_calls, timeout=timeout)
         self._strategy = strategy
+        self._max_hits = moving_window_max_hits
         self._prefix = key_prefix
         # Moving-window hits are members of a sorted set: each needs a unique name. A process
         # prefix and a sequence number are unique, and cheaper than a uuid per request.
@@ -230,7 +251,9 @@ class RedisCounter:
         keys = [self.key(identity, limit) for limit in limits]
         signature: tuple[str | int, ...] = (*keys, *limit_set.script_args)
         nonce = self._nonce_prefix + str(next(self._sequence))
-        reply = await self._script.call(keys, [self._strategy, nonce, *limit_set.script_args])
+        reply = await self._script.call(
+            keys, [self._strategy, nonce, self._max_hits, *limit_set.script_args]
+        )
         server_now, wall, clock = reply[1], time.time(), time.monotonic()
         results, refused_for = [], 0.0
         for index, limit in enumerate(limits):
@@ -247,7 +270,9 @@ class RedisCounter:
         """check.lua with an empty nonce: it reads every counter and writes none."""
         limits = limit_set.limits
         keys = [self.key(identity, limit) for limit in limits]
-        reply = await self._script.call(keys, [self._strategy, "", *limit_set.script_args])
+        reply = await self._script.call(
+            keys, [self._strategy, "", self._max_hits, *limit_set.script_args]
+        )
         server_now, wall = reply[1], time.time()
         return tuple(
             LimitResult(

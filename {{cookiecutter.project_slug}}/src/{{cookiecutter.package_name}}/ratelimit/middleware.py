@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 from ..observability import HEALTH_PREFIX, METRICS_PATH
 from ..observability.logs import request_id_var
 from ..observability.metrics import RATELIMIT_DECISIONS, child
-from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
+from ..observability.middleware import PLAN_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
 from ..plans.caller import (
     Caller,
@@ -41,6 +41,11 @@ from .rules import LimitSet
 
 # The route label of failed authentications in metrics and logs.
 AUTHENTICATION = "<authentication>"
+
+
+def reads_credentials(path: str) -> bool:
+    """Whether the caller is resolved for `path`: not for the probes and the metrics scrape."""
+    return not (path.startswith(HEALTH_PREFIX) or path == METRICS_PATH)
 
 
 class Identification:
@@ -128,7 +133,7 @@ class CallerMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "lifespan" or path.startswith(HEALTH_PREFIX) or path == METRICS_PATH:
+        if scope["type"] == "lifespan" or not reads_credentials(path):
             await self.app(scope, receive, send)
             return
         caller = await self.identify(scope)
@@ -139,4 +144,5 @@ class CallerMiddleware:
                 await caller(scope, receive, send)
             return
         scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
+        scope["state"][PLAN_STATE_KEY] = caller.plan.name
         await self.app(scope, receive, send)

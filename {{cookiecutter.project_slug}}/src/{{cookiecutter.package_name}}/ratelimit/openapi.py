@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from .. import problems
-from ..observability import HEALTH_PREFIX, METRICS_PATH
 from ..settings import Settings
 from .limiter import limiter
+from .middleware import reads_credentials
 from .route import RateLimitedRoute
 from .rules import is_exempt
 
@@ -120,11 +120,6 @@ def _responses(settings: Settings) -> Document:
     }
 
 
-def _reads_key(path: str) -> bool:
-    # The caller middleware's rule (middleware.py): probes and the scrape are let through.
-    return not (path.startswith(HEALTH_PREFIX) or path == METRICS_PATH)
-
-
 def _answers_its_own_media_type(route: APIRoute) -> bool:
     """The endpoint returns a Response of its own (a CSV stream, say): FastAPI documents it
     as JSON, a guess, unless the route says what it sends."""
@@ -140,7 +135,7 @@ def _answers_its_own_media_type(route: APIRoute) -> bool:
 def _document(operation: Document, route: APIRoute, path: str, settings: Settings) -> None:
     responses: Document = operation.setdefault("responses", {})
     limited = isinstance(route, RateLimitedRoute) and not is_exempt(limiter, route.endpoint)
-    reads_key = limited or _reads_key(path)
+    reads_key = limited or reads_credentials(path)
     refusals: dict[str, str] = {"431": "HeadersTooLarge", "500": "ServerError"}
     if reads_key:  # a limited route, or failed authentications counted per address
         refusals |= {"401": "Unauthorized", "429": "TooManyRequests", "503": "Unavailable"}

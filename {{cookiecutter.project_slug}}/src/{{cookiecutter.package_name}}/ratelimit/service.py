@@ -37,7 +37,9 @@ class RateLimiting:
             app.state.limit_storage = storage
             failover = Failover(
                 self._counter(storage),
-                fallback=memory_counter(settings.ratelimit_strategy),
+                fallback=memory_counter(
+                    settings.ratelimit_strategy, settings.ratelimit_moving_window_max_hits
+                ),
                 outage_policy=settings.ratelimit_outage_policy,
                 retry_interval=settings.redis_retry_interval_seconds,
             )
@@ -49,13 +51,16 @@ class RateLimiting:
     def _counter(self, storage: LimitStorage) -> Counter:
         settings = self.settings
         if storage.redis is None:
-            return memory_counter(settings.ratelimit_strategy)
+            return memory_counter(
+                settings.ratelimit_strategy, settings.ratelimit_moving_window_max_hits
+            )
         return RedisCounter(
             storage.redis,
             settings.ratelimit_strategy,
             settings.ratelimit_key_prefix,
             max_calls=settings.redis_max_connections,
             timeout=settings.redis_timeout_seconds * 4,  # a whole call, above socket timeouts
+            moving_window_max_hits=settings.ratelimit_moving_window_max_hits,
         )
 
 
