@@ -191,6 +191,29 @@ def test_pre_commit_config_is_valid_and_runs_the_checks(baked):
     } <= hooks
 
 
+def test_pre_commit_runs_its_local_hooks_clean(baked, tmp_path):
+    # The repos of the config that need no GitHub clone (this machine reaches the package
+    # registries only): the constraints export and hadolint (its binary from PyPI); mypy is
+    # skipped here, run by its own test above. The remote hooks (ruff, uv-lock, the schemas,
+    # zizmor) run as the template's other tests run those tools.
+    _, project = baked
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    local = tmp_path / "local-hooks.yaml"
+    local.write_text(
+        yaml.safe_dump({"repos": [r for r in config["repos"] if r["repo"] == "local"]})
+    )
+    for command in (["git", "init", "-q"], ["git", "add", "-A"]):
+        assert run(command, cwd=project).returncode == 0
+    ran = run(
+        [tool("pre-commit"), "run", "--all-files", "-c", str(local)],
+        cwd=project,
+        PATH=f"{Path(tool('uv')).parent}:{os.environ['PATH']}",  # make constraints runs uv
+        SKIP="mypy",
+    )
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    assert "constraints.txt follows uv.lock" in ran.stdout and "hadolint" in ran.stdout
+
+
 def dockerfile_instructions(dockerfile: Path) -> list[str]:
     """The Dockerfile's instructions, continuation lines joined, comments dropped."""
     text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
