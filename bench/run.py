@@ -51,7 +51,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE.parent
 sys.path.insert(0, str(TEMPLATE))
-from tests.stack import free_port, wait_for  # noqa: E402  (the e2e tests' process helpers)
+from tests.stack import free_port, stop_processes, wait_for  # noqa: E402  (e2e tests' helpers)
 
 ADMIN_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Never reached in a run, and a short window: a moving window keeps one entry per hit in Redis
@@ -207,13 +207,7 @@ class Bench:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes)
         psql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         shutil.rmtree(self.workdir, ignore_errors=True)
 

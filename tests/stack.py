@@ -49,6 +49,17 @@ def psql(sql: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM each, then wait for each, killing any that takes over 10 s."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def forget(database: str, key_prefix: str) -> None:
     """Drop a test's own database and delete its Redis keys (SCAN, never KEYS or FLUSHALL)."""
     psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -128,13 +139,7 @@ class Stack:
         wait_for(f"{self.nginx_url}/health/live", process)
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes[::-1])
         self.processes.clear()
         forget(self.database, self.key_prefix)
 
