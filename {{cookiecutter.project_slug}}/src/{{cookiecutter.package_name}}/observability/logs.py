@@ -48,10 +48,10 @@ class JsonFormatter(LibraryJsonFormatter):
             log_data["request_id"] = request_id
 
 
-def hashed_client(address: str) -> str:
-    """A stable, non-reversible name for a client address (personal data) in logs; the same
-    name the refusal log gives an anonymous IPv4 caller (ratelimit/responses.py)."""
-    return hashlib.sha256(f"ip:{address}".encode()).hexdigest()[:16]
+def hashed(identity: str) -> str:
+    """A stable, non-reversible name for a caller in logs (client addresses are personal data):
+    the access log and the refusal log name a caller alike."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 class _JsonHandler(logging.StreamHandler[TextIO]):

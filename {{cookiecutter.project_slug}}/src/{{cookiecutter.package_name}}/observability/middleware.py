@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..problems import problem
 from . import HEALTH_PREFIX
-from .logs import access, hashed_client, request_id_var
+from .logs import access, hashed, request_id_var
 from .metrics import REQUEST_DURATION, REQUESTS, child
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{8,128}")
@@ -136,7 +136,7 @@ class RequestContextMiddleware:
             "duration_ms": round(duration * 1000, 3),
             "request_id": request_id,
             "plan": scope["state"].get(PLAN_STATE_KEY),
-            "client": hashed_client(address),
+            "client": hashed(f"ip:{address}"),
         }
         if self.log_client_address:
             line["client_address"] = address

@@ -240,6 +240,8 @@ class RedisCounter:
         return self._prefix + ":{" + subject + "}:" + limit.key_suffix
 
     def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+        if not self._refusing:  # nothing refused lately: spare building the keys twice
+            return None
         keys = [self.key(identity, limit) for limit in limit_set.limits]
         known = self._refusing.get((*keys, *limit_set.script_args))
         if known is not None and known[0] > time.monotonic():

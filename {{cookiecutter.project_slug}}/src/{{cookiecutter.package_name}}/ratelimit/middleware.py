@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
-from ..observability.logs import request_id_var
+from ..observability.logs import hashed, request_id_var
 from ..observability.metrics import RATELIMIT_DECISIONS, child
 from ..observability.middleware import PLAN_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
@@ -36,7 +36,7 @@ from ..problems import unavailable
 from .counting import Decision
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY
-from .responses import QuotaHeaders, bad_request, hashed, refusals, too_many_requests, unauthorized
+from .responses import QuotaHeaders, bad_request, refusals, too_many_requests, unauthorized
 from .rules import LimitSet
 
 # The route label of failed authentications in metrics and logs.
@@ -62,9 +62,10 @@ class Identification:
         try:
             raw_key = read_api_key(scope)
             if raw_key is not None:
-                known = self._remembered_guesser(scope)
+                address = self._address(scope)
+                known = self._remembered_guesser(address)
                 if known is not None:
-                    return self._too_many_failures(scope, known)
+                    return self._too_many_failures(scope, address, known)
             return await self.resolver.resolve(scope, raw_key)
         except InvalidCredentials as exc:
             return await self._failed(scope, unauthorized(str(exc), path))
@@ -79,8 +80,7 @@ class Identification:
         except UnusableClientAddress:
             return None
 
-    def _remembered_guesser(self, scope: Scope) -> Decision | None:
-        address = self._address(scope)
+    def _remembered_guesser(self, address: str | None) -> Decision | None:
         if address is None or self.failover is None:
             return None
         return self.failover.remembered(address, self.failure_limits)
@@ -96,9 +96,9 @@ class Identification:
             return refusal  # Redis away, fail-closed: the 401 still says what is wrong
         if decision.binding.allowed:
             return refusal
-        return self._too_many_failures(scope, decision)
+        return self._too_many_failures(scope, address, decision)
 
-    def _too_many_failures(self, scope: Scope, decision: Decision) -> Response:
+    def _too_many_failures(self, scope: Scope, address: str | None, decision: Decision) -> Response:
         child(RATELIMIT_DECISIONS, ANONYMOUS, AUTHENTICATION, "limited").inc()
         limit = decision.binding.limit
         refusals.warning(
@@ -107,7 +107,7 @@ class Identification:
                 "plan": ANONYMOUS,
                 "route": AUTHENTICATION,
                 "path": scope["path"],
-                "subject": hashed(self._address(scope) or "ip:unknown"),
+                "subject": hashed(address or "ip:unknown"),
                 "policy": limit.policy,
                 "limit": str(limit.item),
                 "request_id": request_id_var.get(),

@@ -9,7 +9,6 @@ and the quota headers of every limited response.
 - Retry-After: integer seconds, only on refusals (slowapi also sends it on 200s).
 """
 
-import hashlib
 import logging
 import math
 import time
@@ -19,11 +18,6 @@ from .counting import Decision
 
 # Every refusal, once, on a logger of its own: route it to its own sink or alert on it.
 refusals = logging.getLogger("ratelimit")
-
-
-def hashed(identity: str) -> str:
-    """A stable, non-reversible name for a caller in logs (client addresses are personal data)."""
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def unauthorized(detail: str, instance: str) -> ProblemResponse:

@@ -39,7 +39,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..observability.logs import request_id_var
+from ..observability.logs import hashed, request_id_var
 from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
 from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
@@ -47,7 +47,7 @@ from ..problems import unavailable
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY, limiter
 from .middleware import Identification
-from .responses import QuotaHeaders, hashed, refusals, too_many_requests
+from .responses import QuotaHeaders, refusals, too_many_requests
 from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
