@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError
 Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 OutagePolicy = Literal["fail-open", "fail-closed"]
+Mode = Literal["enforce", "shadow"]
 
 
 def _limit_string(value: str) -> str:
@@ -87,6 +88,14 @@ class Settings(BaseSettings):
     # window, so a busy key of `100000/day` would hold megabytes; the counter holds two numbers.
     # Exactness is kept where it is cheap (per-second and per-minute limits of most plans).
     ratelimit_moving_window_max_hits: int = Field(default=1000, ge=1)
+    # shadow: every limit is counted and its would-be refusals logged (`ratelimit` logger,
+    # shadow: true) and counted in metrics (decision="shadow_limited"), but nothing is refused:
+    # how a first rollout is watched before it is enforced (README, Rolling out a new limit).
+    ratelimit_mode: Mode = "enforce"
+    # A request's concurrency slot (@limiter.concurrency) expires this long after it was taken
+    # unless its instance renews it (three times per lease while the response is running): the
+    # longest the slots of an instance that died stay taken.
+    ratelimit_concurrency_lease_seconds: float = Field(default=30.0, ge=1, le=3600)
     # Prefix of every limiter key in Redis, so several services (or test runs) can share one Redis.
     ratelimit_key_prefix: str = "{{ cookiecutter.project_slug }}"
 

@@ -38,8 +38,11 @@ DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
     secret_hash: str
-    # None when the key is revoked or its plan deactivated: such keys are refused.
+    # None when the key is revoked or its plan deactivated: such keys are refused. With the
+    # key's own limits in place of the plan's, when it has some.
     plan: Plan | None
+    # Why the key is blocked (403), or None.
+    blocked: str | None = None
 
 
 class MisconfiguredPlan(Exception):
@@ -101,14 +104,16 @@ class PlanCache:
         self._ttl = ttl
         self._outage = Outage("Plans are temporarily unavailable.", retry_interval)
         self._keys = _TTLCache(max_entries)  # public id -> KeyGrant (revoked keys too)
+        self._keys_max = max_entries
         # Public ids no key has, apart: a flood of guessed ids must not evict the real keys,
         # which are what a database outage is ridden out on.
         self._unknown_keys = _TTLCache(max_entries)
         self._plans = _TTLCache(max_entries)  # name -> Plan, or None: no such active plan
         self._inflight: dict[tuple[str, str], asyncio.Future[Any]] = {}
-        # One Plan object per plan while it is unchanged, however many keys share it: the
-        # limits worked out per route and plan (the rate limiter's rules) are kept by identity.
-        self._plan_objects: dict[str, Plan] = {}
+        # One Plan object per plan (and per key with limits of its own) while it is unchanged,
+        # however many keys share it: the limits worked out per route and plan (the rate
+        # limiter's rules) are kept by identity.
+        self._plan_objects: dict[tuple[str, str | None], Plan] = {}
         # Misconfigured plan -> when it was last reported: once per plan per TTL.
         self._reported: dict[str, float] = {}
 
@@ -152,8 +157,14 @@ class PlanCache:
             row = await repository.find_key(session, public_id)
         if row is None:
             return None
-        usable = row.revoked_at is None and row.plan.is_active
-        return KeyGrant(row.secret_hash, self._plan(row.plan) if usable else None)
+        if row.revoked_at is not None or not row.plan.is_active:
+            return KeyGrant(row.secret_hash, None)
+        plan = self._plan(row.plan)
+        try:
+            plan = self._kept(repository.key_plan(row, plan))
+        except ValueError as exc:  # written by plain SQL, past the CHECK (SQLite has none)
+            raise MisconfiguredPlan(f"{plan.name} (key {row.public_id})", row.limits) from exc
+        return KeyGrant(row.secret_hash, plan, row.blocked_reason)
 
     async def _fetch_plan(self, name: str) -> Plan | None:
         async with self._sessions() as session:
@@ -165,10 +176,17 @@ class PlanCache:
             plan = repository.to_plan(row)
         except ValueError as exc:
             raise MisconfiguredPlan(row.name, row.limits) from exc
-        known = self._plan_objects.get(plan.name)
+        return self._kept(plan)
+
+    def _kept(self, plan: Plan) -> Plan:
+        """The Plan object already in use for an equal plan, else `plan`, kept from now on."""
+        name = (plan.name, plan.owner)
+        known = self._plan_objects.get(name)
         if known == plan:
             return known
-        self._plan_objects[plan.name] = plan
+        if len(self._plan_objects) > self._keys_max:  # keys with limits of their own come and go
+            self._plan_objects.clear()
+        self._plan_objects[name] = plan
         return plan
 
     def _report(self, exc: MisconfiguredPlan, now: float) -> None:

@@ -24,6 +24,14 @@ class InvalidCredentials(Exception):
     """The request carries an API key that is malformed, unknown or revoked (401)."""
 
 
+class BlockedKey(Exception):
+    """The request carries a valid API key that the operator blocked (403), with the reason."""
+
+    def __init__(self, reason: str, caller: Caller) -> None:
+        super().__init__(reason)
+        self.caller = caller
+
+
 class UnusableClientAddress(Exception):
     """A trusted proxy forwarded something that is not an address as the client's (400)."""
 
@@ -106,7 +114,8 @@ class CallerResolver:
     async def resolve(self, scope: Scope, raw_key: str | None) -> Caller:
         """The caller of a request carrying `raw_key` (read_api_key's), or anonymous.
 
-        Raises InvalidCredentials, UnusableClientAddress, or Unavailable (plans away)."""
+        Raises InvalidCredentials, BlockedKey, UnusableClientAddress, or Unavailable (plans
+        away)."""
         if raw_key is None:
             plan = await self.cache.plan(ANONYMOUS)
             if plan is None:  # a database without the seeded plans: not migrated
@@ -118,4 +127,7 @@ class CallerResolver:
         grant = await self.cache.key(parsed.public_id)
         if grant is None or not digest_matches(parsed, grant.secret_hash) or grant.plan is None:
             raise InvalidCredentials("unknown or revoked API key")
-        return Caller(identity=f"key:{parsed.public_id}", plan=grant.plan)
+        caller = Caller(identity=f"key:{parsed.public_id}", plan=grant.plan)
+        if grant.blocked is not None:
+            raise BlockedKey(grant.blocked, caller)
+        return caller

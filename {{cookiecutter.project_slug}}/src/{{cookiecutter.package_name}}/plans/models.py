@@ -28,6 +28,8 @@ class PlanRow(Base):
     limits: Mapped[str] = mapped_column(String(255))
     # Per-route replacements of `limits`, by route template: {"/v1/items": "10/minute"}.
     route_limits: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Limits counted on every route beside `limits` but never refusing (a rollout), or None.
+    shadow_limits: Mapped[str | None] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -45,6 +47,12 @@ class ApiKeyRow(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
     owner: Mapped[str] = mapped_column(String(200))
+    # This key's own limits, in place of its plan's (plans/plan.py, Plan.with_key_limits):
+    # of every route, in `limits` syntax, and per route template. None: the plan's.
+    limits: Mapped[str | None] = mapped_column(String(255))
+    route_limits: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # Set: the key is refused with 403 and this reason, without being revoked.
+    blocked_reason: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

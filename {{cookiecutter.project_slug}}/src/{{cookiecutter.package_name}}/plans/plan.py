@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from limits import RateLimitItem, parse_many
 
@@ -34,18 +34,53 @@ class Plan:
     limits: tuple[RateLimitItem, ...]
     # Per-route replacements of `limits`, by route template.
     route_limits: Mapping[str, tuple[RateLimitItem, ...]] = field(default_factory=dict)
+    # Counted on every route beside `limits`, never refusing: a limit being rolled out.
+    shadow_limits: tuple[RateLimitItem, ...] = ()
+    # The public id of the API key whose own limits these are (see with_key_limits), or None.
+    owner: str | None = None
 
     @classmethod
     def from_strings(
-        cls, name: str, limits: str, route_limits: Mapping[str, str] | None = None
+        cls,
+        name: str,
+        limits: str,
+        route_limits: Mapping[str, str] | None = None,
+        shadow_limits: str | None = None,
     ) -> "Plan":
         return cls(
             name=name,
             limits=parse_limits(limits),
-            route_limits={
-                route: parse_limits(value) for route, value in (route_limits or {}).items()
-            },
+            route_limits=parse_route_limits(route_limits or {}),
+            shadow_limits=parse_limits(shadow_limits) if shadow_limits else (),
         )
 
     def limits_for(self, route: str) -> tuple[RateLimitItem, ...]:
         return self.route_limits.get(route, self.limits)
+
+    def with_key_limits(
+        self,
+        owner: str,
+        limits: tuple[RateLimitItem, ...] | None,
+        route_limits: Mapping[str, tuple[RateLimitItem, ...]],
+    ) -> "Plan":
+        """This plan as one API key gets it, with the key's own limits in place of the plan's.
+
+        Limits of every route replace the plan's limits and its per-route limits alike; per-route
+        limits alone replace the plan's on those routes only. Shadow limits stay the plan's.
+        """
+        if limits is not None:
+            return replace(self, limits=limits, route_limits=dict(route_limits), owner=owner)
+        merged = {**self.route_limits, **route_limits}
+        return replace(self, route_limits=merged, owner=owner)
+
+
+def parse_route_limits(route_limits: Mapping[str, str]) -> dict[str, tuple[RateLimitItem, ...]]:
+    """Per-route limits by route template; ValueError naming what is wrong."""
+    if not isinstance(route_limits, Mapping):
+        raise ValueError(f"{route_limits!r} is not an object of route template -> limits")
+    parsed = {}
+    for route, value in route_limits.items():
+        if not isinstance(route, str) or not route.startswith("/"):
+            raise ValueError(f"route {route!r} must be a route template such as /v1/items")
+        parsed[route] = parse_limits(value)
+    return parsed

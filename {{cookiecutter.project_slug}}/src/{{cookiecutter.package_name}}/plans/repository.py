@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .keys import generate_key, hash_key
 from .models import ApiKeyRow, PlanRow
-from .plan import ANONYMOUS, Plan, parse_limits
+from .plan import ANONYMOUS, Plan, parse_limits, parse_route_limits
 
 
 class NotFound(LookupError):
@@ -15,14 +15,27 @@ class NotFound(LookupError):
 
 
 def to_plan(row: PlanRow) -> Plan:
-    return Plan.from_strings(row.name, row.limits, row.route_limits)
+    return Plan.from_strings(row.name, row.limits, row.route_limits, row.shadow_limits)
+
+
+def key_plan(row: ApiKeyRow, plan: Plan) -> Plan:
+    """`plan` as the key of `row` gets it: with the key's own limits, if it has any."""
+    if row.limits is None and not row.route_limits:
+        return plan
+    limits = parse_limits(row.limits) if row.limits is not None else None
+    return plan.with_key_limits(row.public_id, limits, parse_route_limits(row.route_limits or {}))
 
 
 def _check_route_limits(route_limits: dict[str, str]) -> None:
-    for route, value in route_limits.items():
-        if not route.startswith("/"):
-            raise ValueError(f"route {route!r} must be a route template such as /v1/items")
-        parse_limits(value)
+    parse_route_limits(route_limits)
+
+
+def _shadow_limits(value: str) -> str | None:
+    """A plan's shadow limits as stored: "" clears them."""
+    if not value.strip():
+        return None
+    parse_limits(value)
+    return value
 
 
 async def find_key(session: AsyncSession, public_id: str) -> ApiKeyRow | None:
@@ -45,13 +58,24 @@ async def list_plans(session: AsyncSession) -> list[PlanRow]:
 
 
 async def create_plan(
-    session: AsyncSession, name: str, limits: str, route_limits: dict[str, str] | None = None
+    session: AsyncSession,
+    name: str,
+    limits: str,
+    route_limits: dict[str, str] | None = None,
+    shadow_limits: str | None = None,
 ) -> PlanRow:
     parse_limits(limits)
     _check_route_limits(route_limits or {})
+    shadow = _shadow_limits(shadow_limits or "")
     if await find_plan(session, name) is not None:
         raise ValueError(f"a plan named {name!r} already exists")
-    row = PlanRow(name=name, limits=limits, route_limits=route_limits or {}, is_active=True)
+    row = PlanRow(
+        name=name,
+        limits=limits,
+        route_limits=route_limits or {},
+        shadow_limits=shadow,
+        is_active=True,
+    )
     session.add(row)
     await session.flush()
     return row
@@ -63,8 +87,12 @@ async def update_plan(
     limits: str | None = None,
     route_limits: dict[str, str] | None = None,
     is_active: bool | None = None,
+    shadow_limits: str | None = None,
 ) -> PlanRow:
+    """Change what is given; `shadow_limits=""` clears the plan's shadow limits."""
     row = await get_plan(session, name)
+    if shadow_limits is not None:
+        row.shadow_limits = _shadow_limits(shadow_limits)
     if limits is not None:
         parse_limits(limits)
         row.limits = limits
@@ -105,6 +133,39 @@ async def revoke_key(session: AsyncSession, public_id: str) -> ApiKeyRow:
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
         await session.flush()
+    return row
+
+
+async def update_key(
+    session: AsyncSession,
+    public_id: str,
+    limits: str | None = None,
+    route_limits: dict[str, str] | None = None,
+    clear_limits: bool = False,
+    blocked_reason: str | None = None,
+    unblock: bool = False,
+) -> ApiKeyRow:
+    """Give a key its own limits (of every route, or per route), clear them, block or unblock it.
+    Takes effect on every instance within PLAN_CACHE_TTL_SECONDS."""
+    row = await find_key(session, public_id)
+    if row is None:
+        raise NotFound(f"no API key with id {public_id!r}")
+    if clear_limits:
+        row.limits, row.route_limits = None, None
+    if limits is not None:
+        parse_limits(limits)
+        row.limits = limits
+    if route_limits is not None:
+        _check_route_limits(route_limits)
+        row.route_limits = route_limits or None
+    if unblock:
+        row.blocked_reason = None
+    if blocked_reason is not None:
+        reason = blocked_reason.strip()
+        if not reason or len(reason) > 200:
+            raise ValueError("the reason for a block is shown to the client: 1 to 200 characters")
+        row.blocked_reason = reason
+    await session.flush()
     return row
 
 

@@ -1,34 +1,54 @@
 -- Decide every limit of one request in one round trip, atomically, on the Redis clock.
 --
 -- KEYS[i]   the counter of limit i (all of one caller's keys share a hash tag: one slot)
--- ARGV      strategy, nonce, exact_max, n, then amount, window seconds, cost for each of the
---           n limits; an empty nonce is a peek: every limit's state, read only (the quota
---           endpoint). With the moving window, a limit of more than exact_max hits is counted
---           by the sliding window counter instead: a moving window keeps one entry per hit.
+-- ARGV      strategy, nonce, exact_max, lease seconds, n, then amount, window seconds, cost,
+--           flags for each of the n limits; an empty nonce is a peek: every limit's state,
+--           read only (the quota endpoint). With the moving window, a limit of more than
+--           exact_max hits is counted by the sliding window counter instead: a moving window
+--           keeps one entry per hit. Flags: 1 shadow (counted, never refusing), 2 concurrency
+--           (a sorted set of the requests in flight, by lease expiry: at most `amount`).
 -- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}
 --
--- All or nothing: a request refused by one limit consumes none of the others. "reset" is when
+-- All or nothing: a request refused by one enforced limit consumes none of the others; a
+-- shadow limit that would refuse is not counted (as it would not be if it refused), the
+-- others are. A concurrency slot is the member `<nonce>:<i>`, released by slots.lua when
+-- the response is done, its lease renewed by slots.lua meanwhile, so that the slots of an
+-- instance that died expire within one lease. "reset" is when
 -- the limit frees capacity again (the oldest hit leaving a moving window, the end of a fixed
 -- window, the weighted count falling low enough in a sliding window counter); for GCRA, when
 -- a refused request would fit, or when an admitted one's bucket is full again.
-local configured, nonce, exact_max, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local configured, nonce, exact_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local lease, n = math.ceil(tonumber(ARGV[4]) * 1000), tonumber(ARGV[5])
 local peek = nonce == ''
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 
 local limits, all_allowed = {}, 1
 for i = 1, n do
-  local amount = tonumber(ARGV[2 + 3 * i])
-  local window = tonumber(ARGV[3 + 3 * i]) * 1000
-  local cost = tonumber(ARGV[4 + 3 * i])
+  local amount = tonumber(ARGV[2 + 4 * i])
+  local window = tonumber(ARGV[3 + 4 * i]) * 1000
+  local cost = tonumber(ARGV[4 + 4 * i])
+  local flags = tonumber(ARGV[5 + 4 * i])
+  local shadow = flags % 2 == 1
   local key = KEYS[i]
   local strategy = configured
-  if strategy == 'moving-window' and amount > exact_max then
+  if flags >= 2 then
+    strategy = 'concurrency'
+  elseif strategy == 'moving-window' and amount > exact_max then
     strategy = 'sliding-window-counter'
   end
   -- state: the sliding window counter's current key, or GCRA's new arrival time
   local count, reset, state
-  if strategy == 'moving-window' then
+  if strategy == 'concurrency' then
+    -- the requests in flight: members whose lease has not expired
+    if peek then
+      count = redis.call('ZCOUNT', key, '(' .. now, '+inf')
+    else
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      count = redis.call('ZCARD', key)
+    end
+    reset = now + 1000 -- a slot is usually free again within a second: Retry-After 1
+  elseif strategy == 'moving-window' then
     local oldest
     if peek then -- the hits still in the window, the expired ones left for the next check
       local since = '(' .. (now - window)
@@ -82,14 +102,19 @@ for i = 1, n do
     end
   end
   local allowed = count + cost <= amount and 1 or 0
-  if allowed == 0 then all_allowed = 0 end
+  if allowed == 0 and not shadow then all_allowed = 0 end
   limits[i] = {key, amount, window, cost, count, reset, allowed, state, strategy}
 end
 
 if all_allowed == 1 and not peek then
   for i = 1, n do
     local key, amount, window, cost, count, reset, allowed, state, strategy = unpack(limits[i])
-    if strategy == 'moving-window' then
+    if allowed == 0 then
+      -- a shadow limit that would have refused: not counted, as if it had refused
+    elseif strategy == 'concurrency' then
+      redis.call('ZADD', key, now + lease, nonce .. ':' .. i)
+      redis.call('PEXPIRE', key, lease)
+    elseif strategy == 'moving-window' then
       for j = 1, cost do
         redis.call('ZADD', key, now, nonce .. ':' .. i .. ':' .. j)
       end
@@ -110,7 +135,7 @@ end
 local result = {all_allowed, now}
 for i = 1, n do
   local key, amount, window, cost, count, reset, allowed = unpack(limits[i])
-  local used = count + ((all_allowed == 1 and not peek) and cost or 0)
+  local used = count + ((all_allowed == 1 and allowed == 1 and not peek) and cost or 0)
   table.insert(result, allowed)
   table.insert(result, math.max(amount - used, 0))
   table.insert(result, reset)

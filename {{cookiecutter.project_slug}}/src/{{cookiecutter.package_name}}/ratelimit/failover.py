@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from ..observability.metrics import RATELIMIT_STORAGE_UP
 from ..outages import Outage
 from ..settings import OutagePolicy
-from .counting import Counter, Decision, RedisCounter
+from .counting import Counter, Decision, RedisCounter, Slots
 from .rules import LimitSet
 
 logger = logging.getLogger(__name__)
@@ -55,18 +55,26 @@ class Failover:
         now = time.monotonic()
         if not outage.skips(now):
             try:
-                results = await self._primary.evaluate(identity, limit_set)
+                results, slots = await self._primary.evaluate(identity, limit_set)
             except STORAGE_ERRORS as exc:
                 self._failed(exc)
             else:
                 if outage.answered():
                     RATELIMIT_STORAGE_UP.set(1)
                     logger.warning("Rate limit storage is back: limits are shared again")
-                return Decision(limit_set, results)
+                return Decision(limit_set, results, slots=slots)
         if self._outage_policy == "fail-closed":
             raise outage.unavailable(now)
-        results = await self._fallback.evaluate(identity, limit_set)
-        return Decision(limit_set, results, fallback=True)
+        results, slots = await self._fallback.evaluate(identity, limit_set)
+        return Decision(limit_set, results, fallback=True, slots=slots)
+
+    async def release(self, slots: Slots) -> None:
+        """Give back a finished request's concurrency slots, in the counter that gave them.
+        Where Redis fails, they expire with their lease instead."""
+        try:
+            await slots.release()
+        except STORAGE_ERRORS as exc:
+            logger.info("Concurrency slots left to expire (%s: %s)", type(exc).__name__, exc)
 
     async def peek(self, identity: str, limit_set: LimitSet) -> Decision:
         """The state of every limit of the set, spending nothing; the outage policy as check's."""

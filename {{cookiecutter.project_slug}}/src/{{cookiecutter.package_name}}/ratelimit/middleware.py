@@ -1,6 +1,7 @@
 """Who is calling, resolved before routing, by a pure ASGI middleware.
 
-A malformed, unknown or revoked key is a 401 whatever path it is sent to, and an unknown key
+A malformed, unknown or revoked key is a 401 whatever path it is sent to, a blocked key a 403
+with the reason the operator gave (`keys update --block`), and an unknown key
 while the plans database is away a 503, before any route runs; so is a WebSocket handshake
 (denied with the same answer, or closed with code 1008 by a server that cannot send one). The
 probes and the metrics scrape are passed through unresolved: they answer whatever the
@@ -25,6 +26,7 @@ from ..observability.metrics import RATELIMIT_DECISIONS, child
 from ..observability.middleware import PLAN_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
 from ..plans.caller import (
+    BlockedKey,
     Caller,
     CallerResolver,
     InvalidCredentials,
@@ -36,7 +38,14 @@ from ..problems import unavailable
 from .counting import Decision
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY
-from .responses import QuotaHeaders, bad_request, refusals, too_many_requests, unauthorized
+from .responses import (
+    QuotaHeaders,
+    bad_request,
+    forbidden,
+    refusals,
+    too_many_requests,
+    unauthorized,
+)
 from .rules import LimitSet
 
 # The route label of failed authentications in metrics and logs.
@@ -69,6 +78,8 @@ class Identification:
             return await self.resolver.resolve(scope, raw_key)
         except InvalidCredentials as exc:
             return await self._failed(scope, unauthorized(str(exc), path))
+        except BlockedKey as exc:
+            return self._blocked(scope, exc)
         except UnusableClientAddress as exc:
             return bad_request(str(exc), path)
         except Unavailable as exc:
@@ -94,12 +105,29 @@ class Identification:
             decision = await self.failover.check(address, self.failure_limits)
         except Unavailable:
             return refusal  # Redis away, fail-closed: the 401 still says what is wrong
-        if decision.binding.allowed:
+        if decision.admitted:
             return refusal
         return self._too_many_failures(scope, address, decision)
 
+    def _blocked(self, scope: Scope, exc: BlockedKey) -> Response:
+        plan = exc.caller.plan.name
+        child(RATELIMIT_DECISIONS, plan, AUTHENTICATION, "blocked").inc()
+        refusals.warning(
+            "blocked API key",
+            extra={
+                "plan": plan,
+                "route": AUTHENTICATION,
+                "path": scope["path"],
+                "subject": hashed(exc.caller.identity),
+                "reason": str(exc),
+                "request_id": request_id_var.get(),
+            },
+        )
+        return forbidden(f"This API key is blocked: {exc}", scope["path"])
+
     def _too_many_failures(self, scope: Scope, address: str | None, decision: Decision) -> Response:
         child(RATELIMIT_DECISIONS, ANONYMOUS, AUTHENTICATION, "limited").inc()
+        assert decision.binding is not None  # these limits are always enforced
         limit = decision.binding.limit
         refusals.warning(
             "authentication failures exceeded",
@@ -109,7 +137,7 @@ class Identification:
                 "path": scope["path"],
                 "subject": hashed(address or "ip:unknown"),
                 "policy": limit.policy,
-                "limit": str(limit.item),
+                "limit": limit.text,
                 "request_id": request_id_var.get(),
             },
         )

@@ -7,6 +7,10 @@ and the quota headers of every limited response.
   `RateLimit-Policy: "anonymous";q=60;w=60` and `RateLimit: "anonymous";r=0;t=17`.
   https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/
 - Retry-After: integer seconds, only on refusals (slowapi also sends it on 200s).
+
+A concurrency limit is a policy item with a quota unit instead of a window,
+`"concurrency";q=4;qu="concurrent-requests"`; refused, it says `r=0;t=1` and Retry-After: 1.
+Shadow limits appear in none of these headers: they cannot refuse.
 """
 
 import logging
@@ -26,13 +30,18 @@ def unauthorized(detail: str, instance: str) -> ProblemResponse:
     return response
 
 
+def forbidden(detail: str, instance: str) -> ProblemResponse:
+    return problem(403, "Forbidden", detail, instance)
+
+
 def bad_request(detail: str, instance: str) -> ProblemResponse:
     return problem(400, "Bad Request", detail, instance)
 
 
 def too_many_requests(decision: Decision, instance: str) -> ProblemResponse:
+    assert decision.binding is not None  # the enforced limit that refused
     limit = decision.binding.limit
-    detail = limit.error_message or f"Rate limit exceeded: {limit.item}"
+    detail = limit.error_message or f"Rate limit exceeded: {limit.text}"
     return problem(429, "Too Many Requests", detail, instance, policy=limit.policy)
 
 
@@ -49,6 +58,7 @@ class QuotaHeaders:
         now = time.time()
         decision = self.decision
         binding = decision.binding
+        assert binding is not None  # the check leaves no quota headers without one
         limit, remaining = binding.limit, binding.remaining
         reset_in = max(0, math.ceil(binding.reset_at - now))
         headers = [

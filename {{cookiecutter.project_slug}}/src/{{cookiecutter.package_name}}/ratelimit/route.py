@@ -28,6 +28,7 @@ The other ways in:
   /openapi.json pages are exempt.
 """
 
+import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -44,6 +45,7 @@ from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS
 from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
 from ..problems import unavailable
+from .counting import Slots
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY, limiter
 from .middleware import Identification
@@ -52,11 +54,17 @@ from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
+# Where the check leaves the concurrency slots an admitted request holds, to release when its
+# response is done (RateLimitedRoute.handle).
+SLOTS_STATE_KEY = "ratelimit_slots"
+
 
 class RateLimitCheck:
-    def __init__(self, identify: Identification, failover: Failover) -> None:
+    def __init__(self, identify: Identification, failover: Failover, shadow: bool = False) -> None:
         self._identify = identify
         self._failover = failover
+        # RATELIMIT_MODE=shadow: every limit counted and logged, none refusing.
+        self._shadow = shadow
 
     async def refusal(self, request: Request, route: RouteLimits) -> Response | None:
         """The response refusing this request (401, 429, 503), or None to let it through."""
@@ -70,7 +78,7 @@ class RateLimitCheck:
             state[CALLER_STATE_KEY] = caller
         plan = caller.plan.name
         # Decide.
-        limit_set = route.for_request(request, caller.plan)
+        limit_set = route.for_request(request, caller.plan, self._shadow)
         started = time.perf_counter()
         try:
             decision = await self._failover.check(caller.identity, limit_set)
@@ -79,33 +87,55 @@ class RateLimitCheck:
             return unavailable(exc.detail, scope["path"], exc.retry_after)
         finally:
             RATELIMIT_CHECK_SECONDS.observe(time.perf_counter() - started)
-        state[RESPONSE_HEADERS_STATE_KEY] = QuotaHeaders(decision)
         binding = decision.binding
+        if binding is not None:  # else every limit is shadow: no quota to tell
+            state[RESPONSE_HEADERS_STATE_KEY] = QuotaHeaders(decision)
         if route.declares:  # slowapi's decorator wrapper reads this after the endpoint
-            subject = binding.limit.subject or caller.identity
-            state["view_rate_limit"] = (binding.limit.item, [subject, *binding.limit.namespace])
+            state["view_rate_limit"] = (
+                None
+                if binding is None
+                else (
+                    binding.limit.item,
+                    [binding.limit.subject or caller.identity, *binding.limit.namespace],
+                )
+            )
+        if decision.slots is not None:  # released when the response is done (handle, below)
+            state[SLOTS_STATE_KEY] = decision.slots
         # Record.
-        outcome = "allowed" if binding.allowed else "limited"
+        if not decision.admitted:
+            outcome = "limited"
+        elif decision.shadow_refusals:
+            outcome = "shadow_limited"
+        else:
+            outcome = "allowed"
         if decision.fallback:
             outcome = "fallback"
         child(RATELIMIT_DECISIONS, plan, route.path, outcome).inc()
-        if binding.allowed:
+        refused = decision.shadow_refusals if decision.admitted else (binding,)
+        for result in refused:
+            assert result is not None  # a refusal has a binding limit
+            limit = result.limit
+            refusals.warning(
+                "rate limit exceeded (shadow: served)" if limit.shadow else "rate limit exceeded",
+                extra={
+                    "plan": plan,
+                    "route": route.path,
+                    "method": scope["method"],
+                    "subject": hashed(limit.subject or caller.identity),
+                    "policy": limit.policy,
+                    "limit": limit.text,
+                    "shadow": limit.shadow,
+                    "fallback": decision.fallback,
+                    "request_id": request_id_var.get(),
+                },
+            )
+        if decision.admitted:
             return None
-        refusals.warning(
-            "rate limit exceeded",
-            extra={
-                "plan": plan,
-                "route": route.path,
-                "method": scope["method"],
-                "subject": hashed(binding.limit.subject or caller.identity),
-                "policy": binding.limit.policy,
-                "limit": str(binding.limit.item),
-                "fallback": decision.fallback,
-                "request_id": request_id_var.get(),
-            },
-        )
         # Answer.
         return too_many_requests(decision, scope["path"])
+
+    async def release(self, slots: Slots) -> None:
+        await self._failover.release(slots)
 
 
 # The route template that requests matching no route are counted and labelled under.
@@ -143,10 +173,18 @@ class RateLimitedRoute(APIRoute):
         return match, child_scope
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._answers_head(scope):
-            await self.app(scope, receive, send)  # the server sends no body for HEAD
-        else:
-            await super().handle(scope, receive, send)
+        try:
+            if self._answers_head(scope):
+                await self.app(scope, receive, send)  # the server sends no body for HEAD
+            else:
+                await super().handle(scope, receive, send)
+        finally:
+            # The response is done (streamed to its end, failed, or its client went away): give
+            # back the concurrency slots it held. Shielded: a cancelled request still releases.
+            slots = scope.get("state", {}).pop(SLOTS_STATE_KEY, None)
+            if slots is not None:
+                check: RateLimitCheck = scope["app"].state.ratelimit_check
+                await asyncio.shield(check.release(slots))
 
 
 def _unmatched_endpoint() -> None:

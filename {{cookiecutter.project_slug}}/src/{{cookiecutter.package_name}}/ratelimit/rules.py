@@ -3,6 +3,13 @@
 Every limit is counted per caller and per route template (`/v1/items/{item_id}`, never the raw
 URL), except `shared_limit`s, which are counted per caller across every route sharing the scope.
 
+A limit is enforced or shadow: a shadow limit (declared `shadow=True`, a plan's
+`shadow_limits`, or every limit under RATELIMIT_MODE=shadow) is counted exactly as if it were
+enforced, under counters of its own, but never refuses: its would-be refusals are logged and
+counted (route.py), and it is left out of the quota headers, which describe only what can
+refuse. A concurrency limit (`@limiter.concurrency(N)`) counts requests in flight instead of
+requests in a window.
+
 Most of this is known before any request arrives: a route's declarations are read from the
 Limiter's registry once, when the route is built, and the limits of one plan on one route are
 worked out on the first request and kept (until the plan changes). A request then costs a dict
@@ -15,13 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from limits import RateLimitItem
+from limits import RateLimitItem, RateLimitItemPerSecond
 from slowapi import Limiter
 from slowapi.wrappers import Limit
 from starlette.requests import Request
 
 from ..plans.plan import Plan
-from .limiter import caller_key
+from .limiter import DeclarationsLimiter, caller_key, endpoint_name, is_shadow
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,15 +42,32 @@ class AppliedLimit:
     error_message: str | None = None
     # Who is counted when not the caller: what a route's own key_func returned.
     subject: str | None = None
+    # Counted and logged, never refusing.
+    shadow: bool = False
+    # Requests in flight at once (item.amount of them), not requests per window.
+    concurrent: bool = False
     window_seconds: int = field(init=False)
     # The counter's name after the subject, e.g. "plan:/v1/items:60/1MINUTE".
     key_suffix: str = field(init=False)
+    # The limit in words, for logs and the 429 body.
+    text: str = field(init=False)
 
     def __post_init__(self) -> None:
         item = self.item
-        window = f"{item.amount}/{item.multiples}{item.GRANULARITY.name}"
+        if self.concurrent:
+            window, text = f"in-flight{item.amount}", f"{item.amount} concurrent requests"
+        else:
+            window, text = f"{item.amount}/{item.multiples}{item.GRANULARITY.name}", str(item)
+        # A shadow limit has counters of its own: rolling it out does not touch enforced counts.
+        prefix = ["shadow"] if self.shadow else []
         object.__setattr__(self, "window_seconds", item.get_expiry())
-        object.__setattr__(self, "key_suffix", ":".join([*self.namespace, window]))
+        object.__setattr__(self, "key_suffix", ":".join([*prefix, *self.namespace, window]))
+        object.__setattr__(self, "text", text)
+
+    @property
+    def flags(self) -> int:
+        """How check.lua counts it: 1 shadow, 2 concurrency (bits)."""
+        return (1 if self.shadow else 0) | (2 if self.concurrent else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,26 +75,28 @@ class LimitSet:
     """The limits one request must pass, with what every check of them repeats, done once."""
 
     limits: tuple[AppliedLimit, ...]
-    # RateLimit-Policy header value: the same for every request checked against this set.
+    # RateLimit-Policy header value: the same for every request checked against this set. Only
+    # enforced limits: a client must not slow down for a limit that cannot refuse it.
     policy_header: bytes = field(init=False)
-    # The check script's arguments after the strategy and nonce: n, then amount, window, cost.
+    # The check script's arguments after its first four: n, then amount, window, cost, flags.
     script_args: tuple[int, ...] = field(init=False)
+    # Whether a request admitted under this set holds a slot until its response is done.
+    holds_slots: bool = field(init=False)
 
     def __post_init__(self) -> None:
         policies = ", ".join(
-            f'"{limit.policy}";q={limit.item.amount};w={limit.window_seconds}'
+            f'"{limit.policy}";q={limit.item.amount};qu="concurrent-requests"'
+            if limit.concurrent
+            else f'"{limit.policy}";q={limit.item.amount};w={limit.window_seconds}'
             for limit in self.limits
+            if not limit.shadow
         )
         args = [len(self.limits)]
         for limit in self.limits:
-            args += [limit.item.amount, limit.window_seconds, limit.cost]
+            args += [limit.item.amount, limit.window_seconds, limit.cost, limit.flags]
         object.__setattr__(self, "policy_header", policies.encode())
         object.__setattr__(self, "script_args", tuple(args))
-
-
-def endpoint_name(endpoint: Callable[..., Any]) -> str:
-    # The name slowapi registers declarations under (Limiter.__limit_decorator).
-    return f"{endpoint.__module__}.{endpoint.__name__}"
+        object.__setattr__(self, "holds_slots", any(limit.concurrent for limit in self.limits))
 
 
 def is_exempt(limiter: Limiter, endpoint: Callable[..., Any]) -> bool:
@@ -115,7 +141,12 @@ def _depends_on_request(limit: Limit) -> bool:
 class RouteLimits:
     """The limits of one route: its declarations, read once, and its limits per plan."""
 
-    def __init__(self, limiter: Limiter, endpoint: Callable[..., Any], path: str) -> None:
+    # Most limit sets kept per route: one per plan, method and per-key override in use.
+    MAX_KEPT = 10_000
+
+    def __init__(
+        self, limiter: DeclarationsLimiter, endpoint: Callable[..., Any], path: str
+    ) -> None:
         name = endpoint_name(endpoint)
         self.path = path
         self.endpoint = endpoint
@@ -128,46 +159,58 @@ class RouteLimits:
                 raise TypeError(
                     f"{name}: slowapi ignores async limit callables; make it a plain function"
                 )
+        concurrency = limiter.concurrency_limits.get(name)
+        self._concurrency = None if concurrency is None else RateLimitItemPerSecond(concurrency)
         # slowapi's decorator wrapper reads request.state.view_rate_limit after the endpoint.
         self.declares = bool(self._static or self._dynamic)
         self._per_request = bool(self._dynamic) or any(map(_depends_on_request, self._static))
-        # (plan name, method) -> (the plan they were worked out for, its limits here)
-        self._kept: dict[tuple[str, str], tuple[Plan, LimitSet]] = {}
+        # (plan name, key override, method, all shadow) -> (the plan they were worked out for,
+        # its limits here)
+        self._kept: dict[tuple[str, str | None, str, bool], tuple[Plan, LimitSet]] = {}
 
-    def for_request(self, request: Request, plan: Plan) -> LimitSet:
+    def for_request(self, request: Request, plan: Plan, shadow: bool = False) -> LimitSet:
+        """The limits of this request; `shadow`: every one of them shadow (RATELIMIT_MODE)."""
         if self._per_request:
-            return self._work_out(request, plan)
-        key = (plan.name, counted_method(request))
+            return self._work_out(request, plan, shadow)
+        key = (plan.name, plan.owner, counted_method(request), shadow)
         kept = self._kept.get(key)
         if kept is not None and kept[0] is plan:  # a changed plan is a new Plan object
             return kept[1]
-        limit_set = self._work_out(request, plan)
+        limit_set = self._work_out(request, plan, shadow)
+        if len(self._kept) >= self.MAX_KEPT:
+            self._kept.clear()
         self._kept[key] = (plan, limit_set)
         return limit_set
 
-    def _work_out(self, request: Request, plan: Plan) -> LimitSet:
+    def _work_out(self, request: Request, plan: Plan, shadow: bool) -> LimitSet:
         route = self.path
-        plan_limits = plan.limits_for(route)
-        applied = [
-            AppliedLimit(item=item, namespace=("plan", route), policy=policy)
-            for item, policy in zip(
-                plan_limits, _policy_names([plan.name] * len(plan_limits), plan_limits), strict=True
-            )
-        ]
-        declared = list(self._static)
+        applied = []
+        for items, base, is_shadow_limit in (
+            (plan.limits_for(route), plan.name, shadow),
+            (plan.shadow_limits, f"{plan.name}-shadow", True),
+        ):
+            names = _policy_names([base] * len(items), items)
+            applied += [
+                AppliedLimit(
+                    item=item, namespace=("plan", route), policy=policy, shadow=is_shadow_limit
+                )
+                for item, policy in zip(items, names, strict=True)
+            ]
+        declared = [(limit, is_shadow(limit)) for limit in self._static]
         for group in self._dynamic:
-            declared.extend(group.with_request(request))  # type: ignore[no-untyped-call]
+            limits = group.with_request(request)  # type: ignore[no-untyped-call]
+            declared += [(limit, is_shadow(group)) for limit in limits]
         method = counted_method(request).lower()
         declared = [
-            limit
-            for limit in declared
+            (limit, declared_shadow)
+            for limit, declared_shadow in declared
             if (limit.methods is None or method in limit.methods) and not limit.is_exempt(request)
         ]
         names = _policy_names(
-            [limit.scope or self.endpoint.__name__ for limit in declared],
-            [limit.limit for limit in declared],
+            [limit.scope or self.endpoint.__name__ for limit, _ in declared],
+            [limit.limit for limit, _ in declared],
         )
-        for limit, policy in zip(declared, names, strict=True):
+        for (limit, declared_shadow), policy in zip(declared, names, strict=True):
             scope = limit.scope
             namespace: tuple[str, ...] = ("shared", scope) if scope else ("route", route)
             if limit.per_method:
@@ -181,6 +224,19 @@ class RouteLimits:
                     cost=limit.cost(request) if callable(limit.cost) else limit.cost,
                     error_message=message(request) if callable(message) else message,
                     subject=None if limit.key_func is caller_key else limit.key_func(request),
+                    shadow=shadow or declared_shadow,
+                )
+            )
+        if self._concurrency is not None:
+            applied.append(
+                AppliedLimit(
+                    item=self._concurrency,
+                    namespace=("concurrency", route),
+                    policy="concurrency",
+                    error_message=f"Too many concurrent requests: at most "
+                    f"{self._concurrency.amount} in flight on this route",
+                    shadow=shadow,
+                    concurrent=True,
                 )
             )
         return LimitSet(tuple(applied))

@@ -6,7 +6,7 @@ refuses routes that would escape their limits, opens the limit storage and build
 """
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -35,8 +35,9 @@ class RateLimiting:
         check_routes(app)  # routers included after create_app too
         async with open_limit_storage(settings) as storage:
             app.state.limit_storage = storage
+            counter = self._counter(storage)
             failover = Failover(
-                self._counter(storage),
+                counter,
                 fallback=memory_counter(
                     settings.ratelimit_strategy, settings.ratelimit_moving_window_max_hits
                 ),
@@ -44,9 +45,14 @@ class RateLimiting:
                 retry_interval=settings.redis_retry_interval_seconds,
             )
             self.identify.failover = failover
-            app.state.ratelimit_check = RateLimitCheck(self.identify, failover)
+            app.state.ratelimit_check = RateLimitCheck(
+                self.identify, failover, shadow=settings.ratelimit_mode == "shadow"
+            )
             app.state.ratelimit_failover = failover  # the quota endpoint peeks through it
-            yield
+            async with AsyncExitStack() as leases:
+                if isinstance(counter, RedisCounter):
+                    await leases.enter_async_context(counter.keep_leases())
+                yield
 
     def _counter(self, storage: LimitStorage) -> Counter:
         settings = self.settings
@@ -61,6 +67,7 @@ class RateLimiting:
             max_calls=settings.redis_max_connections,
             timeout=settings.redis_timeout_seconds * 4,  # a whole call, above socket timeouts
             moving_window_max_hits=settings.ratelimit_moving_window_max_hits,
+            lease=settings.ratelimit_concurrency_lease_seconds,
         )
 
 

@@ -33,6 +33,10 @@ class Quota(BaseModel):
     remaining: int = Field(description="requests left now")
     reset: int = Field(description="when it frees capacity again, in epoch seconds")
     window: int = Field(description="the window, in seconds")
+    shadow: bool = Field(
+        default=False,
+        description="counted but never refusing: a limit being rolled out, not in the headers",
+    )
 
 
 class RateLimitStatus(BaseModel):
@@ -58,18 +62,24 @@ class PlanQuotas:
         self._routes = [
             RouteLimits(limiter, _plan_limits_only, path) for path in [*paths, UNMATCHED]
         ]
-        # plan name -> (the plan it was worked out for, its limits on every route)
-        self._kept: dict[str, tuple[Plan, LimitSet]] = {}
+        # (plan name, key override) -> (the plan it was worked out for, its limits everywhere)
+        self._kept: dict[tuple[str, str | None], tuple[Plan, LimitSet]] = {}
+        self._shadow = app.state.settings.ratelimit_mode == "shadow"
 
     def of(self, request: Request, plan: Plan) -> LimitSet:
-        kept = self._kept.get(plan.name)
+        key = (plan.name, plan.owner)
+        kept = self._kept.get(key)
         if kept is not None and kept[0] is plan:  # a changed plan is a new Plan object
             return kept[1]
         limits = [
-            limit for route in self._routes for limit in route.for_request(request, plan).limits
+            limit
+            for route in self._routes
+            for limit in route.for_request(request, plan, self._shadow).limits
         ]
         limit_set = LimitSet(tuple(limits))
-        self._kept[plan.name] = (plan, limit_set)
+        if len(self._kept) >= RouteLimits.MAX_KEPT:
+            self._kept.clear()
+        self._kept[key] = (plan, limit_set)
         return limit_set
 
 
@@ -95,6 +105,7 @@ async def rate_limit(request: Request) -> RateLimitStatus | Response:
                 remaining=result.remaining,
                 reset=math.ceil(result.reset_at),
                 window=result.limit.window_seconds,
+                shadow=result.limit.shadow,
             )
             for result in decision.results
         ],
