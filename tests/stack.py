@@ -77,6 +77,9 @@ class Stack:
     workdir: Path
     nginx_values: dict[str, str]
     app_env: dict[str, str] = field(default_factory=dict)
+    # The ASGI app the instances serve: the service's own (`<package>.main:app`) unless set,
+    # e.g. to the baked tests' `tests.slow_app:app` (the service plus slow endpoints).
+    app: str = ""
     processes: list[subprocess.Popen] = field(default_factory=list)
     app_urls: list[str] = field(default_factory=list)
     nginx_url: str = ""
@@ -109,13 +112,15 @@ class Stack:
             "DATABASE_URL": self.database_url,
             "RATELIMIT_KEY_PREFIX": self.key_prefix,
             "TRUSTED_PROXIES": "127.0.0.1",  # nginx connects from here
+            "PYTHONPATH": str(self.project),  # for an app of the baked tests
             **self.app_env,
         }
         package = self.project.name.replace("-", "_")
+        app = self.app or f"{package}.main:app"
         for _ in range(instances):
             port = free_port()
             process = subprocess.Popen(
-                [str(self.venv / "bin" / "python"), "-m", "uvicorn", f"{package}.main:app",
+                [str(self.venv / "bin" / "python"), "-m", "uvicorn", app,
                  "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
                  "--log-level", "warning", "--no-access-log"],
                 cwd=self.workdir,

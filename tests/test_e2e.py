@@ -48,9 +48,11 @@ def project(service_venv, tmp_path_factory) -> Path:
 
 
 @contextmanager
-def running_stack(project: Path, venv: Path, workdir: Path, **app_env: str) -> Iterator[Stack]:
+def running_stack(
+    project: Path, venv: Path, workdir: Path, app: str = "", **app_env: str
+) -> Iterator[Stack]:
     """Two instances behind nginx, on a database of their own with the PLANS limits."""
-    stack = Stack(project, venv, workdir, nginx_values=NGINX_GUARD, app_env=app_env)
+    stack = Stack(project, venv, workdir, nginx_values=NGINX_GUARD, app_env=app_env, app=app)
     try:
         stack.create_database()
         for plan, limits in PLANS.items():
@@ -284,6 +286,76 @@ def test_no_instance_answering_gets_problem_json_502(project, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def instance_metric(stack: Stack, name: str, **labels: str) -> float:
+    """The sum over both instances of one sample of /metrics (read directly: nginx hides it)."""
+    total = 0.0
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for url in stack.app_urls:
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample.startswith(name + "{"):
+                found = ",".join(sorted(sample[len(name) :].strip("{}").split(",")))
+                total += float(value) if found == wanted else 0.0
+    return total
+
+
+def test_a_shadow_limit_through_nginx_refuses_nothing_and_is_counted_once(stack):
+    # The free plan (20/minute, enforced) gets a shadow limit of 5/minute, as an operator
+    # rolling it out would; a key of a fresh plan keeps this test's counts its own.
+    stack.cli("plans", "create", "rollout", "20/minute", "--shadow-limits", "5/minute")
+    key = key_for(stack, "rollout")
+    labels = {"plan": "rollout", "route": "/v1/items/{item_id}", "decision": "shadow_limited"}
+    before = instance_metric(stack, "ratelimit_decisions_total", **labels)
+
+    async def spread():
+        async with client("127.0.4.1") as http:
+            return [
+                await http.get(f"{stack.nginx_url}/v1/items/1", headers={"X-API-Key": key})
+                for _ in range(12)
+            ]
+
+    responses = asyncio.run(spread())
+    assert Counter(r.status_code for r in responses) == {404: 12}  # served: no item 1
+    assert {r.headers["ratelimit-policy"] for r in responses} == {'"rollout";q=20;w=60'}
+    assert responses[-1].headers["x-ratelimit-remaining"] == "8"
+    # Both instances served the key, and together they counted 7 would-be refusals (12 - 5).
+    assert len(served_by(stack, "127.0.4.1")) == 2
+    assert instance_metric(stack, "ratelimit_decisions_total", **labels) - before == 7
+
+
+@pytest.fixture(scope="module")
+def slow_stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
+    """The stack serving the baked tests' slow app: the service plus /slow, which allows two
+    requests of one caller in flight (@limiter.concurrency(2))."""
+    workdir = tmp_path_factory.mktemp("e2e-slow")
+    with running_stack(project, service_venv, workdir, app="tests.slow_app:app") as stack:
+        yield stack
+
+
+def test_a_concurrency_limit_through_nginx_holds_across_both_instances(slow_stack):
+    key = key_for(slow_stack, "enterprise")  # its window is far away: only the slots refuse
+
+    async def burst():
+        async with client("127.0.4.2") as http:
+            return await asyncio.gather(
+                *(
+                    http.get(f"{slow_stack.nginx_url}/slow?seconds=1", headers={"X-API-Key": key})
+                    for _ in range(8)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    assert Counter(r.status_code for r in responses) == {200: 2, 429: 6}
+    for refused in (r for r in responses if r.status_code == 429):
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["ratelimit"] == '"concurrency";r=0;t=1'
+        assert '"concurrency";q=2;qu="concurrent-requests"' in refused.headers["ratelimit-policy"]
+    assert len(served_by(slow_stack, "127.0.4.2")) == 2  # both instances took requests
+    # None leaked: once the two are done, two more are admitted.
+    again = asyncio.run(burst())
+    assert Counter(r.status_code for r in again) == {200: 2, 429: 6}
 
 
 def test_locust_run_through_nginx_says_the_limits_held(stack, tmp_path):

@@ -12,6 +12,11 @@ Settings (environment variables, so the same file serves laptops, compose and st
 - LOADTEST_FALSE_REFUSAL_TOLERANCE (0): 429s under the quota accepted before failing.
 - LOADTEST_OVERSHOOT_TOLERANCE (0): admissions over a quota accepted per window (a run across
   a Redis outage under fail-open admits a few extra requests while instances count alone).
+- LOADTEST_SHEDDABLE_PLANS (none): plans whose requests may be shed (503 with `"shed": true`)
+  because the run overloads the service on purpose; a shed request of any other plan fails it.
+
+Each user first reads its quotas (`GET /v1/rate-limit`), so the verdict knows which of its limits
+are shadow limits: those must never refuse nor appear in the quota headers.
 """
 
 import json
@@ -38,7 +43,20 @@ VERDICT = Verdict(
     false_refusal_tolerance=int(os.environ.get("LOADTEST_FALSE_REFUSAL_TOLERANCE", "0")),
     overshoot_tolerance=int(os.environ.get("LOADTEST_OVERSHOOT_TOLERANCE", "0")),
     concurrency={"anonymous": max(1, ANONYMOUS_USERS)},
+    sheddable=frozenset(
+        plan.strip() for plan in os.environ.get("LOADTEST_SHEDDABLE_PLANS", "").split(",") if plan
+    ),
 )
+
+
+def _shed(response) -> bool:
+    """A 503 by which an overloaded instance shed the request (see the service's README)."""
+    if getattr(response, "status_code", None) != 503:
+        return False
+    try:
+        return response.json().get("shed") is True
+    except ValueError:
+        return False
 
 
 @events.request.add_listener
@@ -47,9 +65,15 @@ def judge(name, response, context, start_time, response_time, exception, **_):
     if context.get("health"):
         VERDICT.record_health(status)
         return
+    caller = context["caller"]
+    if _shed(response):
+        VERDICT.record_shed(caller, caller.split(":")[0], name)
+        return
     at = start_time + response_time / 2000  # the middle of the exchange: when it was decided
     headers = {k.lower(): v for k, v in response.headers.items()} if response is not None else {}
-    VERDICT.record(context["caller"], name, at, status, headers)
+    VERDICT.record(caller, name, at, status, headers)
+    end = start_time + response_time / 1000
+    VERDICT.record_interval(caller, name, start_time, end, status, headers)
 
 
 @events.quitting.add_listener
@@ -68,6 +92,20 @@ class ServiceUser(HttpUser):
     def context(self) -> dict:
         return {"caller": self.caller}
 
+    def on_start(self) -> None:
+        self._read_shadow_limits()
+
+    def _read_shadow_limits(self) -> None:
+        headers = {"X-API-Key": self.api_key} if self.api_key else {}
+        with self.client.get(
+            "/v1/rate-limit", headers=headers, name="/v1/rate-limit", catch_response=True
+        ) as response:
+            if response.status_code == 200:
+                quotas = response.json().get("quotas", [])
+                shadow = {quota["policy"] for quota in quotas if quota.get("shadow")}
+                VERDICT.record_shadow_policies(self.caller, shadow)
+            response.success()  # a 429 here is the verdict's to judge, like any other
+
     def _call(self, method: str, path: str, name: str, **kwargs) -> None:
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
         with self.client.request(
@@ -78,8 +116,8 @@ class ServiceUser(HttpUser):
                 retry_after = response.headers.get("Retry-After", "1")
                 wait = float(retry_after) if retry_after.isdigit() else 1.0
                 gevent.sleep(min(wait, MAX_RETRY_AFTER))
-            elif response.status_code in (200, 201, 404):
-                response.success()
+            elif response.status_code in (200, 201, 404) or _shed(response):
+                response.success()  # shed: the verdict judges whether it was expected
 
     @task(6)
     def list_items(self) -> None:
@@ -116,6 +154,7 @@ def _keyed_user(plan: str, keys: list[str]) -> type[ServiceUser]:
     def on_start(self) -> None:
         self.api_key = pool.pop()
         self.caller = f"{plan}:{self.api_key.split('_')[1]}"  # the public id, never the secret
+        self._read_shadow_limits()
 
     return type(
         f"{plan.title().replace('-', '').replace('_', '')}User",

@@ -32,6 +32,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overshoot-tolerance", type=int, default=0, help="extra admissions accepted per window"
     )
+    parser.add_argument(
+        "--sheddable-plans",
+        default="",
+        help="plans that may be shed (503) because this run overloads the service on purpose",
+    )
     keys = parser.add_mutually_exclusive_group(required=True)
     keys.add_argument("--keys-file", type=Path, help='JSON {"plan": ["key", ...]}')
     keys.add_argument("--provision", nargs="+", metavar="PLAN=COUNT", help="e.g. free=2 pro=2")
@@ -62,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "LOADTEST_HEALTH_USERS": str(args.health_users),
         "LOADTEST_RPS_PER_USER": str(args.rps_per_user),
         "LOADTEST_OVERSHOOT_TOLERANCE": str(args.overshoot_tolerance),
+        "LOADTEST_SHEDDABLE_PLANS": args.sheddable_plans,
     }
     command = [
         sys.executable, "-m", "locust", "-f", str(HERE / "locustfile.py"), "--headless",

@@ -14,7 +14,14 @@ lists. A run fails when:
 - a health probe failed or was refused, or the service answered a 5xx;
 - a 429 lacked Retry-After or the quota headers;
 - the quota headers contradicted themselves: remaining going up while the reset time stays the
-  same, or a reset time in the past.
+  same, or a reset time in the past;
+- a shadow limit (one the caller's `GET /v1/rate-limit` lists as `shadow`) refused a request or
+  appeared in the quota headers: shadow limits are counted and logged, never enforced;
+- a caller had more requests admitted at once on a route than its concurrency policy allows
+  (`"concurrency";q=N;qu="concurrent-requests"`), intervals as the client timed them, each
+  narrowed by `slot_tolerance` at both ends for the network's share;
+- a request was shed (503, `"shed": true` in its body: the instance was overloaded) although
+  the run did not expect overload for its caller's plan (`sheddable`, empty by default).
 
 Times are the client's; `clock_tolerance` absorbs the latency between the server's decision and
 what the client measured.
@@ -55,6 +62,19 @@ def parse_policies(header: str) -> list[Policy]:
     return policies
 
 
+def parse_concurrency(header: str) -> dict[str, int]:
+    """The concurrency policies of a RateLimit-Policy header: name -> requests in flight."""
+    found = {}
+    for item in header.split(","):
+        match = _POLICY_RE.match(item)
+        if match:
+            params = _params(match[2])
+            unit = params.get("qu", "").strip('"')
+            if unit == "concurrent-requests" and params.get("q", "").isdigit():
+                found[match[1]] = int(params["q"])
+    return found
+
+
 def parse_ratelimit(header: str) -> tuple[str, int, int] | None:
     """`"pro";r=0;t=17` -> ("pro", 0, 17)."""
     match = _POLICY_RE.match(header)
@@ -83,13 +103,43 @@ class Verdict:
     overshoot_tolerance: int = 0
     # Requests a caller may have in flight at once (anonymous users share one budget).
     concurrency: Mapping[str, int] = field(default_factory=dict)
+    # Plans whose requests may be shed (the run overloads the service on purpose).
+    sheddable: frozenset[str] = frozenset()
+    # Seconds of each admitted request's client-timed interval taken as network, not slot.
+    slot_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._refusals: list[tuple[str, str, str, float]] = []
         self._last_quota: dict[tuple[str, str], tuple[str, int, int]] = {}
+        # caller -> names of its shadow limits
+        self._shadow: dict[str, set[str]] = {}
+        # (caller, route, concurrency policy) -> (its N, admitted (start, end) intervals)
+        self._in_flight: dict[tuple[str, str, str], tuple[int, list[tuple[float, float]]]] = {}
+        self.shed: dict[str, int] = {}
         self.problems: list[str] = []
         self.health = {"ok": 0, "failed": 0}
+
+    def record_shadow_policies(self, caller: str, names: set[str]) -> None:
+        """The caller's shadow limits, from its `GET /v1/rate-limit` (quotas with shadow)."""
+        self._shadow.setdefault(caller, set()).update(names)
+
+    def record_shed(self, caller: str, plan: str, route: str) -> None:
+        """One request shed (503 `shed`), by an instance that said it was overloaded."""
+        self.shed[plan] = self.shed.get(plan, 0) + 1
+        if plan not in self.sheddable:
+            self.problems.append(f"{caller} {route}: shed although no overload was expected")
+
+    def record_interval(
+        self, caller: str, route: str, start: float, end: float, status: int | None,
+        headers: Mapping[str, str],
+    ) -> None:  # fmt: skip
+        """When an admitted request was in flight, as the client timed it."""
+        if status is None or status == 429 or status >= 500:
+            return
+        for name, most in parse_concurrency(headers.get("ratelimit-policy", "")).items():
+            _, intervals = self._in_flight.setdefault((caller, route, name), (most, []))
+            intervals.append((start + self.slot_tolerance, end - self.slot_tolerance))
 
     def record_health(self, status: int | None) -> None:
         if status == 200:
@@ -107,7 +157,17 @@ class Verdict:
         if status >= 500:
             self.problems.append(f"{caller} {route}: the service answered {status}")
         policies = parse_policies(headers.get("ratelimit-policy", ""))
+        shadow = self._shadow.get(caller, set())
+        listed = shadow.intersection(p.name for p in policies) | shadow.intersection(
+            parse_concurrency(headers.get("ratelimit-policy", ""))
+        )
+        if listed:
+            names = ", ".join(sorted(listed))
+            self.problems.append(f"{caller} {route}: shadow limit {names} in the quota headers")
         if status == 429:
+            binding = parse_ratelimit(headers.get("ratelimit", ""))
+            if binding is not None and binding[0] in shadow:
+                self.problems.append(f"{caller} {route}: refused by shadow limit {binding[0]}")
             self._check_refusal(caller, route, at, headers)
         for policy in policies:
             series = self._series.setdefault((caller, route, policy.name), _Series(policy))
@@ -197,6 +257,12 @@ class Verdict:
                 )
         if len(false_refusals) > self.false_refusal_tolerance:
             found.extend(false_refusals)
+        for (caller, route, name), (most, intervals) in sorted(self._in_flight.items()):
+            peak = _most_at_once(intervals)
+            if peak > most:
+                found.append(
+                    f"{caller} {route}: {peak} in flight at once under {name} (at most {most})"
+                )
         return found
 
     def table(self) -> str:
@@ -215,6 +281,11 @@ class Verdict:
                     str(self._max_in_window(series.admitted, policy.window)),
                 )
             )
+        for (caller, route, name), (most, intervals) in sorted(self._in_flight.items()):
+            peak = str(_most_at_once(intervals))
+            rows.append((caller, route, name, f"{most} at once", str(len(intervals)), "-", peak))
+        for plan, count in sorted(self.shed.items()):
+            rows.append((plan, "*", "shed (overload)", "-", "-", str(count), "-"))
         rows.append(("health", "/health/live", "-", "-", str(self.health["ok"]), "-", "-"))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [
@@ -224,3 +295,16 @@ class Verdict:
         failures = self.failures()
         verdict = "PASS: the limits held" if not failures else "FAIL:\n  " + "\n  ".join(failures)
         return "\n".join([*lines, "", verdict])
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals overlapping at any moment (empty ones, start >= end, left out)."""
+    events = sorted(
+        [(start, 1) for start, end in intervals if start < end]
+        + [(end, -1) for start, end in intervals if start < end]
+    )  # at a tie, an end (-1) sorts before a start: touching intervals do not overlap
+    peak = current = 0
+    for _, step in events:
+        current += step
+        peak = max(peak, current)
+    return peak

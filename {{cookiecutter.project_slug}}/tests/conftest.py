@@ -143,14 +143,22 @@ async def _in_session(url: str, work: Callable[..., Awaitable]) -> object:
         await engine.dispose()
 
 
-async def set_plan(url: str, name: str, limits: str, route_limits: dict | None = None) -> None:
+async def set_plan(
+    url: str,
+    name: str,
+    limits: str,
+    route_limits: dict | None = None,
+    shadow_limits: str | None = None,
+) -> None:
     """Create or change a plan in the database at `url`, as the CLI would."""
 
     async def work(session):
         if await repository.find_plan(session, name) is None:
-            await repository.create_plan(session, name, limits, route_limits)
+            await repository.create_plan(session, name, limits, route_limits, shadow_limits)
         else:
-            await repository.update_plan(session, name, limits, route_limits or {})
+            await repository.update_plan(
+                session, name, limits, route_limits or {}, shadow_limits=shadow_limits or ""
+            )
 
     await _in_session(url, work)
 
@@ -331,6 +339,7 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
             output.close()  # the server writes to its own copy
         processes.append(process)
         base_url = f"http://127.0.0.1:{port}"
+        start.processes[base_url] = process  # type: ignore[attr-defined]
 
         def answers() -> bool:
             if process.poll() is not None:
@@ -343,6 +352,7 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
         wait_until(answers, 20, f"uvicorn on port {port}")
         return base_url
 
+    start.processes = {}  # type: ignore[attr-defined]  # base URL -> its process
     yield start
     for process in processes:
         process.terminate()

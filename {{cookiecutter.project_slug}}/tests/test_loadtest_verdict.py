@@ -136,3 +136,62 @@ def test_header_parsing():
     ]
     assert parse_ratelimit('"pro";r=0;t=17') == ("pro", 0, 17)
     assert parse_policies("garbage") == [] and parse_ratelimit("garbage") is None
+
+
+def test_a_refusal_by_a_shadow_limit_fails():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    verdict.record_shadow_policies("pro:b", {"pro-shadow"})
+    verdict.record("pro:b", "/v1/items", now, 429, refused("pro-shadow", 2, 60, now))
+    assert "pro:b /v1/items: refused by shadow limit pro-shadow" in verdict.failures()
+
+
+def test_a_shadow_limit_in_the_quota_headers_fails():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    verdict.record_shadow_policies("pro:a", {"pro-shadow"})
+    verdict.record("pro:a", "/v1/other", now, 200, quota("pro-shadow", 2, 60, 1, 60, now))
+    assert verdict.failures() == ["pro:a /v1/other: shadow limit pro-shadow in the quota headers"]
+
+
+def slots(now: float, in_flight: int = 2) -> dict:
+    return {
+        **quota("pro", 100, 60, 50, 60, now),
+        "ratelimit-policy": '"pro";q=100;w=60, '
+        f'"concurrency";q={in_flight};qu="concurrent-requests"',
+    }
+
+
+def test_more_in_flight_than_a_concurrency_policy_allows_fails():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    # Three requests of one caller overlapping for a second: one more than the two allowed.
+    for n in range(3):
+        verdict.record_interval("pro:a", "/export", now + n * 0.1, now + 1.5, 200, slots(now))
+    assert verdict.failures() == [
+        "pro:a /export: 3 in flight at once under concurrency (at most 2)"
+    ]
+
+
+def test_requests_one_after_another_do_not_count_as_in_flight_together():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    # Back to back (the client's timing overlaps by less than the network's share), refusals
+    # and requests of another caller: never more than two at once.
+    for n in range(6):
+        verdict.record_interval("pro:a", "/export", now + n, now + n + 1.04, 200, slots(now))
+        verdict.record_interval("pro:a", "/export", now + n, now + n + 1.04, 200, slots(now))
+        verdict.record_interval("pro:a", "/export", now + n, now + n + 1, 429, slots(now))
+        verdict.record_interval("pro:b", "/export", now + n, now + n + 1, 200, slots(now))
+    assert verdict.failures() == []
+    assert "concurrency" in verdict.table()
+
+
+def test_shedding_fails_unless_the_run_expects_overload_for_that_plan():
+    verdict = Verdict(sheddable=frozenset({"anonymous"}))
+    clean_run(verdict)
+    verdict.record_shed("anonymous", "anonymous", "/v1/items")
+    assert verdict.failures() == []
+    verdict.record_shed("pro:a", "pro", "/v1/items")
+    assert verdict.failures() == ["pro:a /v1/items: shed although no overload was expected"]
+    assert Verdict().failures() == [] and "shed (overload)" in verdict.table()

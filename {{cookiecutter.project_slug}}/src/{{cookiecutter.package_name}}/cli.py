@@ -18,7 +18,7 @@ from .database import create_engine, database_url, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.cache import DATABASE_ERRORS
-from .plans.models import PlanRow
+from .plans.models import ApiKeyRow, PlanRow
 from .settings import Settings, get_settings, settings_or_exit
 
 
@@ -34,10 +34,24 @@ def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
     return routes
 
 
+def _describe_routes(route_limits: dict[str, str] | None) -> str:
+    return "".join(f" {route}={limits}" for route, limits in sorted((route_limits or {}).items()))
+
+
 def _describe_plan(row: PlanRow) -> str:
-    routes = "".join(f" {route}={limits}" for route, limits in sorted(row.route_limits.items()))
+    shadow = f" shadow:{row.shadow_limits}" if row.shadow_limits else ""
     state = "" if row.is_active else " (inactive)"
-    return f"{row.name}\t{row.limits}{routes}{state}"
+    return f"{row.name}\t{row.limits}{_describe_routes(row.route_limits)}{shadow}{state}"
+
+
+def _describe_key(row: ApiKeyRow) -> str:
+    own = ""
+    if row.limits is not None or row.route_limits:
+        own = f"\tlimits {row.limits or '(plan)'}{_describe_routes(row.route_limits)}"
+    blocked = f"\tblocked: {row.blocked_reason}" if row.blocked_reason else ""
+    revoked = f"\trevoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
+    created = f"{row.created_at:%Y-%m-%d}"
+    return f"{row.public_id}\t{row.plan.name}\t{row.owner}\t{created}{own}{blocked}{revoked}"
 
 
 async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
@@ -46,13 +60,15 @@ async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
 
 
 async def plans_create(session: AsyncSession, args: argparse.Namespace) -> None:
-    row = await repository.create_plan(session, args.name, args.limits, _route_limits(args.route))
+    row = await repository.create_plan(
+        session, args.name, args.limits, _route_limits(args.route), args.shadow_limits
+    )
     print(f"created plan {_describe_plan(row)}")
 
 
 async def plans_update(session: AsyncSession, args: argparse.Namespace) -> None:
     row = await repository.update_plan(
-        session, args.name, args.limits, _route_limits(args.route), args.active
+        session, args.name, args.limits, _route_limits(args.route), args.active, args.shadow_limits
     )
     print(f"updated plan {_describe_plan(row)}")
 
@@ -66,8 +82,26 @@ async def keys_create(session: AsyncSession, args: argparse.Namespace) -> None:
 
 async def keys_list(session: AsyncSession, args: argparse.Namespace) -> None:
     for row in await repository.list_keys(session, args.plan):
-        revoked = f"\trevoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
-        print(f"{row.public_id}\t{row.plan.name}\t{row.owner}\t{row.created_at:%Y-%m-%d}{revoked}")
+        print(_describe_key(row))
+
+
+async def keys_update(session: AsyncSession, args: argparse.Namespace) -> None:
+    changes = (args.limits, args.route, args.clear_limits or None, args.block, args.unblock or None)
+    if all(change is None for change in changes):
+        raise ValueError(
+            "nothing to change: give --limits, --route, --clear-limits, --block or --unblock"
+        )
+    row = await repository.update_key(
+        session,
+        args.public_id,
+        limits=args.limits,
+        route_limits=_route_limits(args.route),
+        clear_limits=args.clear_limits,
+        blocked_reason=args.block,
+        unblock=args.unblock,
+    )
+    print(f"updated key {_describe_key(row)}")
+    print("every instance applies it within PLAN_CACHE_TTL_SECONDS", file=sys.stderr)
 
 
 async def keys_revoke(session: AsyncSession, args: argparse.Namespace) -> None:
@@ -117,11 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("limits", help="e.g. '1000/minute;20000/day'")
     create.add_argument("--route", action="append", help="per-route limits: /v1/items=10/minute")
+    create.add_argument(
+        "--shadow-limits", help="limits counted and logged on every route, never refusing"
+    )
     create.set_defaults(handler=plans_create)
     update = plans.add_parser("update", help="change a plan")
     update.add_argument("name")
     update.add_argument("--limits")
     update.add_argument("--route", action="append", help="replaces all per-route limits")
+    update.add_argument(
+        "--shadow-limits", help="limits counted and logged, never refusing ('' clears them)"
+    )
     active = update.add_mutually_exclusive_group()
     active.add_argument("--activate", dest="active", action="store_const", const=True)
     active.add_argument("--deactivate", dest="active", action="store_const", const=False)
@@ -135,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     list_keys = keys.add_parser("list", help="list keys (never the keys themselves)")
     list_keys.add_argument("--plan")
     list_keys.set_defaults(handler=keys_list)
+    update_key = keys.add_parser(
+        "update", help="give a key its own limits, or block it, by its public id"
+    )
+    update_key.add_argument("public_id")
+    update_key.add_argument("--limits", help="the key's limits of every route, e.g. 5000/minute")
+    update_key.add_argument(
+        "--route", action="append", help="the key's limits of one route: /v1/items=10/minute"
+    )
+    update_key.add_argument(
+        "--clear-limits", action="store_true", help="back to the plan's limits (before the rest)"
+    )
+    blocking = update_key.add_mutually_exclusive_group()
+    blocking.add_argument("--block", metavar="REASON", help="refuse the key (403, this reason)")
+    blocking.add_argument("--unblock", action="store_true")
+    update_key.set_defaults(handler=keys_update)
     revoke = keys.add_parser("revoke", help="revoke a key by its public id")
     revoke.add_argument("public_id")
     revoke.set_defaults(handler=keys_revoke)

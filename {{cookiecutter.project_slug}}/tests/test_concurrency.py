@@ -1,0 +1,139 @@
+"""@limiter.concurrency(N): at most N of one caller's requests in flight on a route, across
+every instance; the slot is held until the response is done (streaming included), freed when
+the client goes away, and expires when the instance holding it dies."""
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from {{ cookiecutter.package_name }}.main import create_app
+
+from .conftest import running_client, set_plan
+from .slow_app import IN_FLIGHT, router
+
+PROJECT = Path(__file__).resolve().parents[1]
+POLICY = f'"concurrency";q={IN_FLIGHT};qu="concurrent-requests"'
+
+
+def app_with_slow_routes(settings):
+    app = create_app(settings)
+    app.include_router(router)
+    return app
+
+
+async def test_at_most_n_in_flight_then_429_with_retry_after_1(make_settings, database_url):
+    await set_plan(database_url, "anonymous", "100/minute")
+    settings = make_settings()
+    app = app_with_slow_routes(settings)
+    async with running_client(settings, app=app) as client:
+        first = await asyncio.gather(*(client.get("/slow?seconds=0.5") for _ in range(5)))
+        again = await asyncio.gather(*(client.get("/slow?seconds=0.1") for _ in range(2)))
+    statuses = sorted(r.status_code for r in first)
+    assert statuses == [200] * IN_FLIGHT + [429] * (5 - IN_FLIGHT)
+    refused = next(r for r in first if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert POLICY in refused.headers["ratelimit-policy"]
+    assert refused.headers["ratelimit"] == '"concurrency";r=0;t=1'
+    assert refused.json()["detail"].startswith("Too many concurrent requests")
+    served = next(r for r in first if r.status_code == 200)
+    assert POLICY in served.headers["ratelimit-policy"]
+    assert served.headers["ratelimit"].startswith('"anonymous";')  # the window, not the slots
+    # Every slot came back: the next ones are admitted.
+    assert [r.status_code for r in again] == [200, 200]
+
+
+async def test_two_instances_share_the_slots(make_settings, database_url):
+    await set_plan(database_url, "anonymous", "100/minute")
+    settings = make_settings()
+    async with (
+        running_client(settings, app=app_with_slow_routes(settings)) as first,
+        running_client(settings, app=app_with_slow_routes(settings)) as second,
+    ):
+        responses = await asyncio.gather(
+            *(client.get("/slow?seconds=0.5") for client in [first, second] * 3)
+        )
+    assert sorted(r.status_code for r in responses) == [200] * IN_FLIGHT + [429] * 4
+
+
+def start_slow_app(start_uvicorn, redis_url, key_prefix, database_url, **env: str) -> str:
+    return start_uvicorn(
+        "tests.slow_app:app",
+        PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        REDIS_URL=redis_url,
+        RATELIMIT_KEY_PREFIX=key_prefix,
+        DATABASE_URL=database_url,
+        **env,
+    )
+
+
+async def test_a_streaming_response_holds_its_slot_until_its_last_byte(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    await set_plan(database_url, "anonymous", "100/minute")
+    server = start_slow_app(start_uvicorn, redis_url, key_prefix, database_url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        streams = [client.stream("GET", f"{server}/slow-stream?chunks=5") for _ in range(IN_FLIGHT)]
+        opened = [await stream.__aenter__() for stream in streams]  # headers read, body not
+        assert [r.status_code for r in opened] == [200] * IN_FLIGHT
+        assert (await client.get(f"{server}/slow-stream?chunks=1")).status_code == 429
+        for stream, response in zip(streams, opened, strict=True):
+            assert len(await response.aread()) == 5 * 1024
+            await stream.__aexit__(None, None, None)
+        assert (await client.get(f"{server}/slow-stream?chunks=1")).status_code == 200
+
+
+async def test_a_client_that_goes_away_frees_its_slot(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    await set_plan(database_url, "anonymous", "100/minute")
+    server = start_slow_app(start_uvicorn, redis_url, key_prefix, database_url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(IN_FLIGHT):  # each stream is dropped after its first chunk
+            async with client.stream("GET", f"{server}/slow-stream?chunks=600") as response:
+                assert response.status_code == 200
+                async for _ in response.aiter_bytes():
+                    break
+        await asyncio.sleep(0.5)  # the server notices on its next write
+        again = await asyncio.gather(
+            *(client.get(f"{server}/slow?seconds=0.2") for _ in range(IN_FLIGHT))
+        )
+    assert [r.status_code for r in again] == [200] * IN_FLIGHT
+
+
+async def test_n_in_flight_across_two_processes_and_none_leaked_after_kill_9(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    await set_plan(database_url, "anonymous", "1000/minute")
+    env = {"RATELIMIT_CONCURRENCY_LEASE_SECONDS": "2"}
+    servers = [
+        start_slow_app(start_uvicorn, redis_url, key_prefix, database_url, **env) for _ in range(2)
+    ]
+    async with httpx.AsyncClient(timeout=30) as client:
+        # Across both processes at once: IN_FLIGHT admitted, however the requests are spread.
+        responses = await asyncio.gather(
+            *(client.get(f"{server}/slow?seconds=1") for server in servers * 4)
+        )
+        assert sorted(r.status_code for r in responses) == [200] * IN_FLIGHT + [429] * 6
+
+        # The first process takes every slot for a long time, and is killed holding them.
+        victim = servers[0]
+        held = [
+            asyncio.ensure_future(client.get(f"{victim}/slow?seconds=60")) for _ in range(IN_FLIGHT)
+        ]
+        await asyncio.sleep(0.5)
+        assert (await client.get(f"{servers[1]}/slow?seconds=0")).status_code == 429
+        os.kill(start_uvicorn.processes[victim].pid, signal.SIGKILL)
+        await asyncio.gather(*held, return_exceptions=True)
+        # The slots expire with their lease (2 s here): then the other process admits again.
+        deadline = time.monotonic() + 5
+        while (await client.get(f"{servers[1]}/slow?seconds=0")).status_code == 429:
+            assert time.monotonic() < deadline, "slots of the killed instance never expired"
+            await asyncio.sleep(0.2)
+        again = await asyncio.gather(
+            *(client.get(f"{servers[1]}/slow?seconds=0.5") for _ in range(IN_FLIGHT + 1))
+        )
+    assert sorted(r.status_code for r in again) == [200] * IN_FLIGHT + [429]

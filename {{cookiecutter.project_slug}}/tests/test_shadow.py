@@ -1,0 +1,103 @@
+"""Shadow limits: counted exactly as enforced ones, logged and counted where they would refuse,
+refusing nothing, and absent from the quota headers (README, Rolling out a new limit)."""
+
+import logging
+
+from .conftest import metric, running_client, set_plan
+
+# /v1/items/1 answers 404 when served (there is no item 1), 429 when refused.
+SERVED = 404
+QUOTA_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "ratelimit", "ratelimit-policy")
+
+
+def shadow_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "ratelimit" and getattr(r, "shadow", False)]
+
+
+async def send(client, count: int, path: str = "/v1/items/1") -> list:
+    return [
+        await client.get(path, headers={"X-Request-ID": f"request-{n:04d}"}) for n in range(count)
+    ]
+
+
+async def test_a_shadow_limit_refuses_nothing_and_logs_what_enforcing_it_would_refuse(
+    make_settings, database_url, caplog
+):
+    caplog.set_level(logging.INFO)
+    # Enforced: the plan's 5/minute refuses the 6th to 8th request.
+    await set_plan(database_url, "anonymous", "5/minute")
+    async with running_client(make_settings(), client_ip="203.0.113.21") as client:
+        enforced = await send(client, 8)
+    would_refuse = [r.headers["x-request-id"] for r in enforced if r.status_code == 429]
+    assert [r.status_code for r in enforced] == [SERVED] * 5 + [429] * 3
+
+    # The same limit as the plan's shadow limit, for another caller: all served, and exactly
+    # the requests the enforced limit refused are logged as shadow refusals.
+    caplog.clear()
+    await set_plan(database_url, "anonymous", "100/minute", shadow_limits="5/minute")
+    async with running_client(make_settings(), client_ip="203.0.113.22") as client:
+        before = (await client.get("/metrics")).text
+        shadowed = await send(client, 8)
+        after = (await client.get("/metrics")).text
+    assert [r.status_code for r in shadowed] == [SERVED] * 8
+    records = shadow_records(caplog)
+    assert [r.request_id for r in records] == would_refuse
+    assert {r.message for r in records} == {"rate limit exceeded (shadow: served)"}
+    assert {r.limit for r in records} == {"5 per 1 minute"}
+    assert not [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
+
+    def decisions(decision: str) -> float:
+        labels = {"plan": "anonymous", "route": "/v1/items/{item_id}", "decision": decision}
+        return metric(after, "ratelimit_decisions_total", **labels) - metric(
+            before, "ratelimit_decisions_total", **labels
+        )
+
+    assert decisions("shadow_limited") == 3 and decisions("allowed") == 5
+
+    # The quota headers tell only the enforced limit: no client slows down for a shadow one.
+    last = shadowed[-1]
+    assert last.headers["ratelimit-policy"] == '"anonymous";q=100;w=60'
+    assert last.headers["x-ratelimit-remaining"] == "92"
+    assert "retry-after" not in last.headers
+
+
+async def test_ratelimit_mode_shadow_serves_everything_and_sends_no_quota_headers(
+    make_settings, database_url, caplog
+):
+    caplog.set_level(logging.INFO)
+    await set_plan(database_url, "anonymous", "5/minute")
+    async with running_client(make_settings(ratelimit_mode="shadow")) as client:
+        before = (await client.get("/metrics")).text
+        responses = await send(client, 8)
+        after = (await client.get("/metrics")).text
+    assert [r.status_code for r in responses] == [SERVED] * 8
+    for response in responses:
+        assert not [name for name in QUOTA_HEADERS if name in response.headers]
+    assert [r.request_id for r in shadow_records(caplog)] == [f"request-{n:04d}" for n in (5, 6, 7)]
+    labels = {"plan": "anonymous", "route": "/v1/items/{item_id}", "decision": "shadow_limited"}
+    shadow_limited = metric(after, "ratelimit_decisions_total", **labels) - metric(
+        before, "ratelimit_decisions_total", **labels
+    )
+    assert shadow_limited == 3
+
+
+async def test_a_route_declared_shadow_counts_on_its_own_and_enforced_limits_still_refuse(
+    make_settings, database_url, caplog
+):
+    # GET /v1/items declares @limiter.limit("300/minute", shadow=True) (api/routes/items.py).
+    caplog.set_level(logging.INFO)
+    await set_plan(database_url, "anonymous", "303/minute")
+    async with running_client(make_settings()) as client:
+        responses = await send(client, 304, path="/v1/items")
+    statuses = [r.status_code for r in responses]
+    # 300 within the shadow limit, 3 served past it (logged), then the plan's limit refuses.
+    assert statuses == [200] * 303 + [429]
+    records = shadow_records(caplog)
+    assert [r.request_id for r in records] == [f"request-{n:04d}" for n in (300, 301, 302)]
+    assert {r.policy for r in records} == {"list_items"}
+    assert responses[0].headers["ratelimit-policy"] == '"anonymous";q=303;w=60'
+    refusal = responses[-1]
+    assert refusal.headers["ratelimit"].startswith('"anonymous";r=0;')
+    # The enforced refusal is logged once, as such.
+    enforced = [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
+    assert [r.request_id for r in enforced] == ["request-0303"]
