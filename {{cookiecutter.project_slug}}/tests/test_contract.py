@@ -48,6 +48,7 @@ async def test_the_document_lists_the_limiters_answers_where_they_can_come(make_
     refs = {status: answer.get("$ref", "") for status, answer in create["responses"].items()}
     assert refs["429"].endswith("/TooManyRequests")
     assert refs["401"].endswith("/Unauthorized") and refs["503"].endswith("/Unavailable")
+    assert refs["403"].endswith("/Forbidden")  # a blocked key
     assert refs["413"].endswith("/ContentTooLarge") and refs["422"].endswith("/ValidationFailed")
     assert {"431", "500"} <= set(refs)
     assert {"RateLimit", "X-RateLimit-Remaining", "X-Request-ID"} <= set(
@@ -58,7 +59,7 @@ async def test_the_document_lists_the_limiters_answers_where_they_can_come(make_
     assert "413" not in listing  # no body to be too large
     assert "404" in document["paths"]["/v1/items/{item_id}"]["get"]["responses"]
     live = document["paths"]["/health/live"]["get"]
-    assert not {"401", "429", "503"} & set(live["responses"]) and "security" not in live
+    assert not {"401", "403", "429", "503"} & set(live["responses"]) and "security" not in live
     components = document["components"]
     too_many = components["responses"]["TooManyRequests"]
     assert {"Retry-After", "RateLimit-Policy", "X-RateLimit-Reset"} <= set(too_many["headers"])

@@ -2,7 +2,7 @@
 the refusals it can really give, read from the route (its class, its declarations, whether the
 caller middleware looks at its key) and the settings, never written by hand per route.
 
-- 401, 429, 503 and the security schemes where a key is read (every path but the probes and
+- 401, 403, 429, 503 and the security schemes where a key is read (every path but the probes and
   /metrics; a limited route wherever it is): 429 from the route's limits or from failed
   authentications, 503 for an unknown key while the plans database is away or a limited
   route under fail-closed while Redis is away; 400 where a trusted proxy can forward a
@@ -101,11 +101,13 @@ def _responses(settings: Settings) -> Document:
             "The API key is malformed, unknown or revoked (or two different keys were sent).",
             "WWW-Authenticate",
         ),
+        "Forbidden": _refusal("The API key is blocked; `detail` gives the operator's reason."),
         "NotFound": _refusal("Nothing at this path."),
         "ContentTooLarge": _refusal(f"The body is larger than {settings.max_body_size_bytes} B."),
         "ValidationFailed": _refusal("The request is not valid: every error is in `errors`."),
         "TooManyRequests": _refusal(
-            "A limit refused the request; `policy` names it. Nothing was spent.",
+            "A limit refused the request (a window, or too many requests in flight: then "
+            "`Retry-After: 1`); `policy` names it. Nothing was spent.",
             "Retry-After",
             *QUOTA_HEADERS,
         ),
@@ -138,7 +140,12 @@ def _document(operation: Document, route: APIRoute, path: str, settings: Setting
     reads_key = limited or reads_credentials(path)
     refusals: dict[str, str] = {"431": "HeadersTooLarge", "500": "ServerError"}
     if reads_key:  # a limited route, or failed authentications counted per address
-        refusals |= {"401": "Unauthorized", "429": "TooManyRequests", "503": "Unavailable"}
+        refusals |= {
+            "401": "Unauthorized",
+            "403": "Forbidden",
+            "429": "TooManyRequests",
+            "503": "Unavailable",
+        }
         operation["security"] = OPTIONAL_KEY
         if settings.trusted_proxies:
             refusals["400"] = "BadRequest"
