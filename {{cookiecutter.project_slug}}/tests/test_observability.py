@@ -4,10 +4,14 @@ import hashlib
 import json
 import logging
 import re
+import time
 
 import httpx
+import prometheus_client
+import pytest
 
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
 
 from .conftest import create_key, metric, running_client, set_plan
@@ -174,3 +178,41 @@ async def test_request_durations_are_a_histogram_by_route_method_and_status_clas
     assert delta("count", status="4xx", **route) == 2
     assert delta("bucket", le="+Inf", status="2xx", **route) == 5
     assert 0 < delta("sum", status="2xx", **route) < 5 * 10
+
+
+METRICS = {
+    name: value
+    for name, value in vars(metrics).items()
+    if isinstance(value, metrics.Family | metrics.Gauge)
+}
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_each_metric_is_exposed_exactly_as_prometheus_client_exposes_it(name, monkeypatch):
+    """observability/metrics.py keeps plain floats; what it exposes must stay what
+    prometheus-client's own Counter, Histogram and Gauge expose for the same updates."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)  # the `_created` samples
+    defined = METRICS[name]
+    kind = type(defined).__name__  # Counter, Histogram or Gauge, as in prometheus-client
+    labelnames = getattr(defined, "labelnames", ())
+    args = {"name": defined.name, "documentation": defined.documentation}
+    if labelnames:
+        args["labelnames"] = labelnames
+    if kind == "Histogram":
+        args["buckets"] = defined.bounds[:-1]
+    ours, theirs = prometheus_client.CollectorRegistry(), prometheus_client.CollectorRegistry()
+    twins = [
+        type(defined)(**args, registry=ours),
+        getattr(prometheus_client, kind)(**args, registry=theirs),
+    ]
+    for twin in twins:
+        for values in [("b",) * len(labelnames), ("a",) * len(labelnames)] if labelnames else [()]:
+            one = twin.labels(*values) if values else twin
+            for amount in (0.0, 0.0005, 0.0007, 0.001, 0.3, 2.5, 3.0, 1e9):  # on, between, past
+                if kind == "Counter":
+                    one.inc()
+                elif kind == "Histogram":
+                    one.observe(amount)
+                else:
+                    one.set(amount)
+    assert prometheus_client.generate_latest(ours) == prometheus_client.generate_latest(theirs)
