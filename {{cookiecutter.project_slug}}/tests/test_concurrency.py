@@ -137,3 +137,22 @@ async def test_n_in_flight_across_two_processes_and_none_leaked_after_kill_9(
             *(client.get(f"{servers[1]}/slow?seconds=0.5") for _ in range(IN_FLIGHT + 1))
         )
     assert sorted(r.status_code for r in again) == [200] * IN_FLIGHT + [429]
+
+
+async def test_a_request_longer_than_the_lease_keeps_its_slot(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    # The instance renews the leases of its requests in flight: a slow response is not robbed
+    # of its slot when its first lease runs out.
+    await set_plan(database_url, "anonymous", "100/minute")
+    env = {"RATELIMIT_CONCURRENCY_LEASE_SECONDS": "1"}
+    server = start_slow_app(start_uvicorn, redis_url, key_prefix, database_url, **env)
+    async with httpx.AsyncClient(timeout=30) as client:
+        held = [
+            asyncio.ensure_future(client.get(f"{server}/slow?seconds=3.5"))
+            for _ in range(IN_FLIGHT)
+        ]
+        await asyncio.sleep(2.5)  # two and a half leases later
+        late = await client.get(f"{server}/slow?seconds=0")
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * IN_FLIGHT
+    assert late.status_code == 429
