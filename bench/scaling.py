@@ -113,7 +113,9 @@ def check(
     for start in range(0, calls, BATCH):
         pipe = client.pipeline(transaction=False)
         for _ in range(min(BATCH, calls - start)):
-            pipe.evalsha(sha, 1, key, strategy, next(nonces), exact_max, 1, amount, window, 1)
+            # strategy, nonce, exact_max, lease, n; amount, window, cost, flags (check.lua)
+            arguments = (strategy, next(nonces), exact_max, 30, 1, amount, window, 1, 0)
+            pipe.evalsha(sha, 1, key, *arguments)
         admitted += sum(reply[0] for reply in pipe.execute())
     return admitted
 

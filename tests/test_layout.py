@@ -133,8 +133,9 @@ def test_the_strategy_list_is_the_same_everywhere(cookies, package_dir):
     assert checked, "the pre-generation hook no longer lists the strategies it accepts"
     assert asked == defined
     assert re.findall(r'"([a-z-]+)"', checked[1]) == defined
-    # check.lua decides each strategy in one branch, and admits hits in another for most.
-    assert set(re.findall(r"strategy == '([a-z-]+)'", lua)) == set(defined)
+    # check.lua decides each strategy in one branch, and admits hits in another for most
+    # (and has one more, for concurrency limits: requests in flight, whatever the strategy).
+    assert set(re.findall(r"strategy == '([a-z-]+)'", lua)) == {*defined, "concurrency"}
     # And every answer bakes a service whose settings accept it.
     for strategy in asked:
         baked = bake_ok(cookies, {"ratelimit_strategy": strategy})
