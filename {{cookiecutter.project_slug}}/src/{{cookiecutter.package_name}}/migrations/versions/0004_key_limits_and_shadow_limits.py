@@ -38,7 +38,8 @@ def upgrade() -> None:
         check = f"{column} ~* '{pattern}'" if postgres else f"trim({column}) != ''"
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column(column, sa.String(255), nullable=True))
-            batch.create_check_constraint(constraint, f"{column} IS NULL OR {check}")
+            # op.f(): the name as written, not run through the models' naming convention again
+            batch.create_check_constraint(op.f(constraint), f"{column} IS NULL OR {check}")
     with op.batch_alter_table("api_keys") as batch:
         batch.add_column(sa.Column("route_limits", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("blocked_reason", sa.String(200), nullable=True))
@@ -50,5 +51,5 @@ def downgrade() -> None:
         batch.drop_column("route_limits")
     for table, column, constraint in LIMIT_COLUMNS:
         with op.batch_alter_table(table) as batch:
-            batch.drop_constraint(constraint, type_="check")
+            batch.drop_constraint(op.f(constraint), type_="check")
             batch.drop_column(column)
