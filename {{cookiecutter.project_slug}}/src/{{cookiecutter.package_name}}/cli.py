@@ -37,7 +37,7 @@ def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
 def _describe_plan(row: PlanRow) -> str:
     routes = "".join(f" {route}={limits}" for route, limits in sorted(row.route_limits.items()))
     state = "" if row.is_active else " (inactive)"
-    return f"{row.name}\t{row.limits}{routes}{state}"
+    return f"{row.name}\t{row.limits}{routes}\tpriority {row.priority}{state}"
 
 
 async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
@@ -46,13 +46,15 @@ async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
 
 
 async def plans_create(session: AsyncSession, args: argparse.Namespace) -> None:
-    row = await repository.create_plan(session, args.name, args.limits, _route_limits(args.route))
+    row = await repository.create_plan(
+        session, args.name, args.limits, _route_limits(args.route), args.priority
+    )
     print(f"created plan {_describe_plan(row)}")
 
 
 async def plans_update(session: AsyncSession, args: argparse.Namespace) -> None:
     row = await repository.update_plan(
-        session, args.name, args.limits, _route_limits(args.route), args.active
+        session, args.name, args.limits, _route_limits(args.route), args.active, args.priority
     )
     print(f"updated plan {_describe_plan(row)}")
 
@@ -101,6 +103,8 @@ async def loadtest_cleanup(session: AsyncSession, args: argparse.Namespace) -> N
 
 Command = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
 
+PRIORITY_HELP = "under overload, lower priorities are shed first (anonymous: 0; default 1)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="{{ cookiecutter.project_slug }}", description=__doc__)
@@ -117,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("limits", help="e.g. '1000/minute;20000/day'")
     create.add_argument("--route", action="append", help="per-route limits: /v1/items=10/minute")
+    create.add_argument("--priority", type=int, default=1, help=PRIORITY_HELP)
     create.set_defaults(handler=plans_create)
     update = plans.add_parser("update", help="change a plan")
     update.add_argument("name")
     update.add_argument("--limits")
     update.add_argument("--route", action="append", help="replaces all per-route limits")
+    update.add_argument("--priority", type=int, help=PRIORITY_HELP)
     active = update.add_mutually_exclusive_group()
     active.add_argument("--activate", dest="active", action="store_const", const=True)
     active.add_argument("--deactivate", dest="active", action="store_const", const=False)

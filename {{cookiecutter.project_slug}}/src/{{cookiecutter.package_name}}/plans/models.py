@@ -28,6 +28,8 @@ class PlanRow(Base):
     limits: Mapped[str] = mapped_column(String(255))
     # Per-route replacements of `limits`, by route template: {"/v1/items": "10/minute"}.
     route_limits: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Under overload the lowest priorities are shed first (ratelimit/shedding.py); anonymous is 0.
+    priority: Mapped[int] = mapped_column(server_default="0")
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(

@@ -28,16 +28,29 @@ def parse_limits(value: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(value))
 
 
+def check_priority(value: int) -> int:
+    """A plan's priority: an integer, 0 or more (a negative one would be shed at any lag)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"priority {value!r} must be a whole number, 0 or more")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     limits: tuple[RateLimitItem, ...]
     # Per-route replacements of `limits`, by route template.
     route_limits: Mapping[str, tuple[RateLimitItem, ...]] = field(default_factory=dict)
+    # Under overload the lowest priorities are shed first; anonymous is 0 (migration 0004).
+    priority: int = 0
 
     @classmethod
     def from_strings(
-        cls, name: str, limits: str, route_limits: Mapping[str, str] | None = None
+        cls,
+        name: str,
+        limits: str,
+        route_limits: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> "Plan":
         return cls(
             name=name,
@@ -45,6 +58,7 @@ class Plan:
             route_limits={
                 route: parse_limits(value) for route, value in (route_limits or {}).items()
             },
+            priority=check_priority(priority),
         )
 
     def limits_for(self, route: str) -> tuple[RateLimitItem, ...]:

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .keys import generate_key, hash_key
 from .models import ApiKeyRow, PlanRow
-from .plan import ANONYMOUS, Plan, parse_limits
+from .plan import ANONYMOUS, Plan, check_priority, parse_limits
 
 
 class NotFound(LookupError):
@@ -15,7 +15,7 @@ class NotFound(LookupError):
 
 
 def to_plan(row: PlanRow) -> Plan:
-    return Plan.from_strings(row.name, row.limits, row.route_limits)
+    return Plan.from_strings(row.name, row.limits, row.route_limits, row.priority)
 
 
 def _check_route_limits(route_limits: dict[str, str]) -> None:
@@ -45,13 +45,24 @@ async def list_plans(session: AsyncSession) -> list[PlanRow]:
 
 
 async def create_plan(
-    session: AsyncSession, name: str, limits: str, route_limits: dict[str, str] | None = None
+    session: AsyncSession,
+    name: str,
+    limits: str,
+    route_limits: dict[str, str] | None = None,
+    priority: int = 1,  # above anonymous (0), with the lowest seeded paying plan
 ) -> PlanRow:
     parse_limits(limits)
     _check_route_limits(route_limits or {})
+    check_priority(priority)
     if await find_plan(session, name) is not None:
         raise ValueError(f"a plan named {name!r} already exists")
-    row = PlanRow(name=name, limits=limits, route_limits=route_limits or {}, is_active=True)
+    row = PlanRow(
+        name=name,
+        limits=limits,
+        route_limits=route_limits or {},
+        priority=priority,
+        is_active=True,
+    )
     session.add(row)
     await session.flush()
     return row
@@ -63,6 +74,7 @@ async def update_plan(
     limits: str | None = None,
     route_limits: dict[str, str] | None = None,
     is_active: bool | None = None,
+    priority: int | None = None,
 ) -> PlanRow:
     row = await get_plan(session, name)
     if limits is not None:
@@ -71,6 +83,8 @@ async def update_plan(
     if route_limits is not None:
         _check_route_limits(route_limits)
         row.route_limits = route_limits
+    if priority is not None:
+        row.priority = check_priority(priority)
     if is_active is not None:
         if name == ANONYMOUS and not is_active:
             raise ValueError("the anonymous plan cannot be deactivated; lower its limits instead")
