@@ -6,7 +6,7 @@ refuses routes that would escape their limits, opens the limit storage and build
 """
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 from fastapi import FastAPI
 
@@ -20,20 +20,32 @@ from .middleware import CallerMiddleware, Identification
 from .openapi import install_openapi
 from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
 from .rules import standalone_limits
+from .shedding import LoadShedder
 from .storage import LimitStorage, open_limit_storage
 
 
 class RateLimiting:
-    def __init__(self, app: FastAPI, settings: Settings, identify: Identification) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        identify: Identification,
+        shedder: LoadShedder | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.identify = identify
+        self.shedder = shedder
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         app, settings = self.app, self.settings
         check_routes(app)  # routers included after create_app too
-        async with open_limit_storage(settings) as storage:
+        # The lag probe runs only where shedding is on (LOAD_SHEDDING_LAG_MS above 0).
+        shedding: AbstractAsyncContextManager[None] = (
+            self.shedder.running() if self.shedder is not None else nullcontext()
+        )
+        async with open_limit_storage(settings) as storage, shedding:
             app.state.limit_storage = storage
             failover = Failover(
                 self._counter(storage),
@@ -73,9 +85,10 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
     app.router.default = UnmatchedPaths(app.router.default)
     failures = standalone_limits("auth-failures", parse_limits(settings.auth_failure_limit))
     identify = Identification(resolver, failure_limits=failures)
+    shedder = LoadShedder.from_settings(settings)
     # Added first, so it runs last of the middleware, inside the request context (401s carry
     # the request id and CORS headers).
-    app.add_middleware(CallerMiddleware, identify=identify)
+    app.add_middleware(CallerMiddleware, identify=identify, shedder=shedder)
     # /openapi.json documents what the limiter answers, built once, on its first request.
     install_openapi(app, settings)
-    return RateLimiting(app, settings, identify)
+    return RateLimiting(app, settings, identify, shedder)
