@@ -211,6 +211,10 @@ def make_settings(redis_url: str, key_prefix: str, database_url: str) -> Callabl
             "database_url": database_url,
             "ratelimit_strategy": "moving-window",
             "ratelimit_outage_policy": "fail-open",
+            # Load shedding off: a test's own event loop also runs its client, and a slow
+            # moment of a busy machine must not turn an expected 200 or 429 into a 503.
+            # test_shedding.py turns it on.
+            "load_shedding_lag_ms": 0,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -332,7 +336,9 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
              "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
              "--log-level", log_level],
             cwd=tmp_path,  # away from the project's .env: the test decides every setting
-            env={**os.environ, **env},
+            # Load shedding off unless the test sets it (as make_settings does): tests that
+            # flood an instance on purpose expect 200s and 429s, never a shed 503.
+            env={**os.environ, "LOAD_SHEDDING_LAG_MS": "0", **env},
             stderr=output,
         )  # fmt: skip
         if output:

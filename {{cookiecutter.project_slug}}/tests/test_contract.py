@@ -44,6 +44,8 @@ async def test_the_document_lists_the_limiters_answers_where_they_can_come(make_
         document = (await client.get("/openapi.json")).json()
     async with running_client(make_settings(ratelimit_outage_policy="fail-closed")) as client:
         closed = (await client.get("/openapi.json")).json()
+    async with running_client(make_settings(load_shedding_lag_ms=500)) as client:
+        shedding = (await client.get("/openapi.json")).json()
     create = document["paths"]["/v1/items"]["post"]
     refs = {status: answer.get("$ref", "") for status, answer in create["responses"].items()}
     assert refs["429"].endswith("/TooManyRequests")
@@ -70,6 +72,8 @@ async def test_the_document_lists_the_limiters_answers_where_they_can_come(make_
     assert "HTTPValidationError" not in components["schemas"]
     assert "Redis" not in components["responses"]["Unavailable"]["description"]
     assert "Redis" in closed["components"]["responses"]["Unavailable"]["description"]
+    assert "overloaded" not in components["responses"]["Unavailable"]["description"]
+    assert "overloaded" in shedding["components"]["responses"]["Unavailable"]["description"]
 
 
 def _stored(redis_url: str, prefix: str) -> dict[bytes, bytes | None]:

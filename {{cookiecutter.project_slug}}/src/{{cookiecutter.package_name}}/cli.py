@@ -41,7 +41,8 @@ def _describe_routes(route_limits: dict[str, str] | None) -> str:
 def _describe_plan(row: PlanRow) -> str:
     shadow = f" shadow:{row.shadow_limits}" if row.shadow_limits else ""
     state = "" if row.is_active else " (inactive)"
-    return f"{row.name}\t{row.limits}{_describe_routes(row.route_limits)}{shadow}{state}"
+    priority = f"\tpriority {row.priority}"
+    return f"{row.name}\t{row.limits}{_describe_routes(row.route_limits)}{shadow}{priority}{state}"
 
 
 def _describe_key(row: ApiKeyRow) -> str:
@@ -61,14 +62,25 @@ async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
 
 async def plans_create(session: AsyncSession, args: argparse.Namespace) -> None:
     row = await repository.create_plan(
-        session, args.name, args.limits, _route_limits(args.route), args.shadow_limits
+        session,
+        args.name,
+        args.limits,
+        _route_limits(args.route),
+        shadow_limits=args.shadow_limits,
+        priority=args.priority,
     )
     print(f"created plan {_describe_plan(row)}")
 
 
 async def plans_update(session: AsyncSession, args: argparse.Namespace) -> None:
     row = await repository.update_plan(
-        session, args.name, args.limits, _route_limits(args.route), args.active, args.shadow_limits
+        session,
+        args.name,
+        args.limits,
+        _route_limits(args.route),
+        args.active,
+        shadow_limits=args.shadow_limits,
+        priority=args.priority,
     )
     print(f"updated plan {_describe_plan(row)}")
 
@@ -135,6 +147,8 @@ async def loadtest_cleanup(session: AsyncSession, args: argparse.Namespace) -> N
 
 Command = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
 
+PRIORITY_HELP = "under overload, lower priorities are shed first (anonymous: 0; default 1)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="{{ cookiecutter.project_slug }}", description=__doc__)
@@ -154,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--shadow-limits", help="limits counted and logged on every route, never refusing"
     )
+    create.add_argument("--priority", type=int, default=1, help=PRIORITY_HELP)
     create.set_defaults(handler=plans_create)
     update = plans.add_parser("update", help="change a plan")
     update.add_argument("name")
@@ -162,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument(
         "--shadow-limits", help="limits counted and logged, never refusing ('' clears them)"
     )
+    update.add_argument("--priority", type=int, help=PRIORITY_HELP)
     active = update.add_mutually_exclusive_group()
     active.add_argument("--activate", dest="active", action="store_const", const=True)
     active.add_argument("--deactivate", dest="active", action="store_const", const=False)

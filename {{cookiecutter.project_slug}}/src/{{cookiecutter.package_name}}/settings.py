@@ -126,6 +126,15 @@ class Settings(BaseSettings):
     # throttled by the app itself, not only by the proxy's coarse guard.
     auth_failure_limit: Annotated[str, AfterValidator(_limit_string)] = "20/minute"
 
+    # Load shedding (ratelimit/shedding.py): event-loop lag, in milliseconds, at which an
+    # instance starts refusing the lowest plan priority with 503, so that the CPU it has left
+    # goes to paying plans instead of timing out everyone. Priority p is shed from a lag of
+    # this x (p + 1): anonymous (0) first, free (1) at twice the lag. 0 turns shedding off.
+    load_shedding_lag_ms: float = Field(default=500.0, ge=0)
+    # Highest plan priority ever shed: plans above it (pro and enterprise, seeded 2 and 3) are
+    # served however late, since shedding them would refuse the traffic the service is for.
+    load_shedding_max_priority: int = Field(default=1, ge=0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

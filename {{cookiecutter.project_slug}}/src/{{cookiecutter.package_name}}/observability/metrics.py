@@ -203,6 +203,17 @@ PLAN_CACHE = Counter(
     ["result"],
 )
 
+EVENT_LOOP_LAG = Gauge(
+    "event_loop_lag_seconds",
+    "How late the load-shedding probe's timer last fired: what every request waits for the "
+    "event loop (0 while load shedding is off)",
+)
+LOAD_SHED = Counter(
+    "load_shed_total",
+    "Requests refused with 503 before routing because the instance was overloaded",
+    ["plan"],
+)
+
 
 def child(metric: Family[Child], *labels: str) -> Child:
     """The label set `labels` of `metric`, created on first use: `child(REQUESTS, ...).inc()`."""

@@ -28,6 +28,13 @@ def parse_limits(value: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(value))
 
 
+def check_priority(value: int) -> int:
+    """A plan's priority: an integer, 0 or more (a negative one would be shed at any lag)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"priority {value!r} must be a whole number, 0 or more")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     name: str
@@ -38,6 +45,8 @@ class Plan:
     shadow_limits: tuple[RateLimitItem, ...] = ()
     # The public id of the API key whose own limits these are (see with_key_limits), or None.
     owner: str | None = None
+    # Under overload the lowest priorities are shed first; anonymous is 0 (migration 0004).
+    priority: int = 0
 
     @classmethod
     def from_strings(
@@ -46,12 +55,14 @@ class Plan:
         limits: str,
         route_limits: Mapping[str, str] | None = None,
         shadow_limits: str | None = None,
+        priority: int = 0,
     ) -> "Plan":
         return cls(
             name=name,
             limits=parse_limits(limits),
             route_limits=parse_route_limits(route_limits or {}),
             shadow_limits=parse_limits(shadow_limits) if shadow_limits else (),
+            priority=check_priority(priority),
         )
 
     def limits_for(self, route: str) -> tuple[RateLimitItem, ...]:

@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .keys import generate_key, hash_key
 from .models import ApiKeyRow, PlanRow
-from .plan import ANONYMOUS, Plan, parse_limits, parse_route_limits
+from .plan import ANONYMOUS, Plan, check_priority, parse_limits, parse_route_limits
 
 
 class NotFound(LookupError):
@@ -15,7 +15,9 @@ class NotFound(LookupError):
 
 
 def to_plan(row: PlanRow) -> Plan:
-    return Plan.from_strings(row.name, row.limits, row.route_limits, row.shadow_limits)
+    return Plan.from_strings(
+        row.name, row.limits, row.route_limits, row.shadow_limits, priority=row.priority
+    )
 
 
 def key_plan(row: ApiKeyRow, plan: Plan) -> Plan:
@@ -63,10 +65,12 @@ async def create_plan(
     limits: str,
     route_limits: dict[str, str] | None = None,
     shadow_limits: str | None = None,
+    priority: int = 1,  # above anonymous (0), with the lowest seeded paying plan
 ) -> PlanRow:
     parse_limits(limits)
     _check_route_limits(route_limits or {})
     shadow = _shadow_limits(shadow_limits or "")
+    check_priority(priority)
     if await find_plan(session, name) is not None:
         raise ValueError(f"a plan named {name!r} already exists")
     row = PlanRow(
@@ -74,6 +78,7 @@ async def create_plan(
         limits=limits,
         route_limits=route_limits or {},
         shadow_limits=shadow,
+        priority=priority,
         is_active=True,
     )
     session.add(row)
@@ -88,6 +93,7 @@ async def update_plan(
     route_limits: dict[str, str] | None = None,
     is_active: bool | None = None,
     shadow_limits: str | None = None,
+    priority: int | None = None,
 ) -> PlanRow:
     """Change what is given; `shadow_limits=""` clears the plan's shadow limits."""
     row = await get_plan(session, name)
@@ -99,6 +105,8 @@ async def update_plan(
     if route_limits is not None:
         _check_route_limits(route_limits)
         row.route_limits = route_limits
+    if priority is not None:
+        row.priority = check_priority(priority)
     if is_active is not None:
         if name == ANONYMOUS and not is_active:
             raise ValueError("the anonymous plan cannot be deactivated; lower its limits instead")

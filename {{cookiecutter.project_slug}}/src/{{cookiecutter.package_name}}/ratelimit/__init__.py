@@ -9,6 +9,8 @@ A request's check moves one way through these modules:
 - counting.py    the algorithms, counted in Redis (check.lua) or in memory, and the decision
 - storage.py     the Redis connection, its timeouts, and how script calls travel
 - responses.py   the problem+json refusals and the quota headers
+- shedding.py    under overload (event-loop lag), 503 for the lowest plan priorities first,
+                 asked by middleware.py once the caller is known
 
 limiter.py holds the slowapi `Limiter` routes decorate; service.py wires it all into the app
 with one call, `install(app, settings, resolver)`.

@@ -13,6 +13,9 @@ address gets 429 instead of 401, and once this instance knows the address is ref
 request carrying a key is refused before its key is looked up, so guessing costs no database
 work. (Counted in memory, without Redis, the refusal comes after the lookup.)
 
+Under overload, a resolved caller of a low plan priority gets 503 here (shedding.py), before
+routing: a shed request spends no quota and never runs its endpoint.
+
 No wrapped `send` here: the quota headers are added by the request context middleware.
 """
 
@@ -47,6 +50,7 @@ from .responses import (
     unauthorized,
 )
 from .rules import LimitSet
+from .shedding import LoadShedder
 
 # The route label of failed authentications in metrics and logs.
 AUTHENTICATION = "<authentication>"
@@ -145,6 +149,13 @@ class Identification:
         return too_many_requests(decision, scope["path"])
 
 
+async def refuse(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await deny_websocket(response, scope, receive, send)
+    else:
+        await response(scope, receive, send)
+
+
 async def deny_websocket(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
     """Refuse a WebSocket handshake with `response`, where the server can send one."""
     websocket = WebSocket(scope, receive, send)
@@ -155,9 +166,12 @@ async def deny_websocket(response: Response, scope: Scope, receive: Receive, sen
 
 
 class CallerMiddleware:
-    def __init__(self, app: ASGIApp, identify: Identification) -> None:
+    def __init__(
+        self, app: ASGIApp, identify: Identification, shedder: LoadShedder | None = None
+    ) -> None:
         self.app = app
         self.identify = identify
+        self.shedder = shedder  # None: load shedding is off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -166,11 +180,12 @@ class CallerMiddleware:
             return
         caller = await self.identify(scope)
         if isinstance(caller, Response):
-            if scope["type"] == "websocket":
-                await deny_websocket(caller, scope, receive, send)
-            else:
-                await caller(scope, receive, send)
+            await refuse(caller, scope, receive, send)
             return
         scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
         scope["state"][PLAN_STATE_KEY] = caller.plan.name
+        shedder = self.shedder
+        if shedder is not None and shedder.sheds(caller.plan.priority):
+            await refuse(shedder.shed(caller.plan.name, path), scope, receive, send)
+            return
         await self.app(scope, receive, send)

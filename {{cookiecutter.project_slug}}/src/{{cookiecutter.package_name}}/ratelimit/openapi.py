@@ -4,9 +4,10 @@ caller middleware looks at its key) and the settings, never written by hand per 
 
 - 401, 403, 429, 503 and the security schemes where a key is read (every path but the probes and
   /metrics; a limited route wherever it is): 429 from the route's limits or from failed
-  authentications, 503 for an unknown key while the plans database is away or a limited
-  route under fail-closed while Redis is away; 400 where a trusted proxy can forward a
-  non-address; the quota headers on a limited route's 2xx and on every 429;
+  authentications, 503 for an unknown key while the plans database is away, a limited
+  route under fail-closed while Redis is away, or a caller shed under overload; 400 where a
+  trusted proxy can forward a non-address; the quota headers on a limited route's 2xx and on
+  every 429;
 - 413 where a body is taken, 431 and 500 everywhere; FastAPI's 422 as problem+json;
 - 404 where a path parameter can name nothing, or where the route declares it.
 
@@ -95,6 +96,7 @@ def _refusal(description: str, *headers: str) -> Document:
 
 def _responses(settings: Settings) -> Document:
     closed = settings.ratelimit_outage_policy == "fail-closed"
+    shedding = settings.load_shedding_lag_ms > 0
     return {
         "BadRequest": _refusal("A trusted proxy forwarded something that is not a client address."),
         "Unauthorized": _refusal(
@@ -116,6 +118,12 @@ def _responses(settings: Settings) -> Document:
         "Unavailable": _refusal(
             "An unknown key while the plans database is away"
             + (", or the limit storage (Redis) is away (fail-closed)" if closed else "")
+            + (
+                ", or the instance is overloaded and sheds the caller's plan to serve higher "
+                "plans first (load shedding)"
+                if shedding
+                else ""
+            )
             + ": retry after `Retry-After` seconds.",
             "Retry-After",
         ),

@@ -20,22 +20,34 @@ from .middleware import CallerMiddleware, Identification
 from .openapi import install_openapi
 from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
 from .rules import standalone_limits
+from .shedding import LoadShedder
 from .storage import LimitStorage, open_limit_storage
 
 
 class RateLimiting:
-    def __init__(self, app: FastAPI, settings: Settings, identify: Identification) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        settings: Settings,
+        identify: Identification,
+        shedder: LoadShedder | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.identify = identify
+        self.shedder = shedder
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         app, settings = self.app, self.settings
         check_routes(app)  # routers included after create_app too
-        async with open_limit_storage(settings) as storage:
+        async with open_limit_storage(settings) as storage, AsyncExitStack() as background:
+            if self.shedder is not None:  # the lag probe runs only where shedding is on
+                await background.enter_async_context(self.shedder.running())
             app.state.limit_storage = storage
             counter = self._counter(storage)
+            if isinstance(counter, RedisCounter):  # renews the leases of concurrency slots
+                await background.enter_async_context(counter.keep_leases())
             failover = Failover(
                 counter,
                 fallback=memory_counter(
@@ -49,10 +61,7 @@ class RateLimiting:
                 self.identify, failover, shadow=settings.ratelimit_mode == "shadow"
             )
             app.state.ratelimit_failover = failover  # the quota endpoint peeks through it
-            async with AsyncExitStack() as leases:
-                if isinstance(counter, RedisCounter):
-                    await leases.enter_async_context(counter.keep_leases())
-                yield
+            yield
 
     def _counter(self, storage: LimitStorage) -> Counter:
         settings = self.settings
@@ -80,9 +89,10 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
     app.router.default = UnmatchedPaths(app.router.default)
     failures = standalone_limits("auth-failures", parse_limits(settings.auth_failure_limit))
     identify = Identification(resolver, failure_limits=failures)
+    shedder = LoadShedder.from_settings(settings)
     # Added first, so it runs last of the middleware, inside the request context (401s carry
     # the request id and CORS headers).
-    app.add_middleware(CallerMiddleware, identify=identify)
+    app.add_middleware(CallerMiddleware, identify=identify, shedder=shedder)
     # /openapi.json documents what the limiter answers, built once, on its first request.
     install_openapi(app, settings)
-    return RateLimiting(app, settings, identify)
+    return RateLimiting(app, settings, identify, shedder)

@@ -1,7 +1,7 @@
 """Per-key limits and blocks, and shadow limits on plans.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-27
 
 `api_keys.limits` / `api_keys.route_limits` give one key its own limits in place of its plan's;
@@ -18,8 +18,8 @@ from alembic import op
 
 from {{ cookiecutter.package_name }}.plans.plan import LIMITS_PATTERN
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
