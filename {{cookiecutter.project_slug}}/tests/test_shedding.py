@@ -141,6 +141,7 @@ def test_overloaded_instance_sheds_anonymous_and_serves_pro(
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.headers["retry-after"] == "2"
         assert "overloaded" in answer.json()["detail"] and answer.json()["status"] == 503
+        assert answer.json()["shed"] is True
         assert "ratelimit" not in answer.headers  # nothing was counted for it
     assert [answer.status_code for answer in idle] == [200] * len(idle)
     # Shed requests spent no quota: the last answer counts only the anonymous 200s.

@@ -47,6 +47,11 @@ SCHEMA: dict[str, Any] = {
             "type": "string",
             "description": "500 only: the request id (`X-Request-ID`), naming its log lines",
         },
+        "shed": {
+            "type": "boolean",
+            "description": "503 only: true when an overloaded instance shed the request (lower "
+            "plans first); retry after `Retry-After`",
+        },
     },
 }
 
@@ -68,9 +73,10 @@ def problem(
     return ProblemResponse(body | extra, status_code=status)
 
 
-def unavailable(detail: str, instance: str, retry_after: int) -> ProblemResponse:
-    """503 for a dependency that is away (Redis fail-closed, the plans database)."""
-    response = problem(503, "Service Unavailable", detail, instance)
+def unavailable(detail: str, instance: str, retry_after: int, **extra: object) -> ProblemResponse:
+    """503 for a dependency that is away (Redis fail-closed, the plans database), or for a
+    request shed under overload (`shed=True`)."""
+    response = problem(503, "Service Unavailable", detail, instance, **extra)
     response.headers["Retry-After"] = str(retry_after)
     return response
 

@@ -77,7 +77,7 @@ class LoadShedder:
         """The 503 of a request sheds() refused, counted for the metrics and the episode."""
         child(LOAD_SHED, plan).inc()
         self._shed[plan] = self._shed.get(plan, 0) + 1
-        return unavailable(DETAIL, path, RETRY_AFTER)
+        return unavailable(DETAIL, path, RETRY_AFTER, shed=True)  # the load test's verdict reads it
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
