@@ -88,6 +88,18 @@ def key_for(stack: Stack, plan: str) -> str:
     return stack.cli("keys", "create", "--plan", plan, "--owner", "e2e").splitlines()[-1]
 
 
+def burst(url: str, source_ip: str, key: str, count: int) -> list[httpx.Response]:
+    """`count` GETs of `url` at once, from `source_ip`, with the API key `key`."""
+
+    async def send() -> list[httpx.Response]:
+        async with client(source_ip) as http:
+            return await asyncio.gather(
+                *(http.get(url, headers={"X-API-Key": key}) for _ in range(count))
+            )
+
+    return asyncio.run(send())
+
+
 def served_by(stack: Stack, source_ip: str) -> Counter:
     """Which upstream answered each request from `source_ip` ("-": nginx itself)."""
     pattern = re.compile(rf'^{re.escape(source_ip)} (\d+) "([^"]*)"')
@@ -134,17 +146,7 @@ def test_one_key_over_both_instances_gets_exactly_its_plan(stack):
 
 def test_a_burst_from_one_address_is_refused_by_nginx_before_the_app(stack):
     key = key_for(stack, "enterprise")  # the plan is far above the burst: only nginx refuses
-
-    async def burst():
-        async with client("127.0.0.20") as http:
-            return await asyncio.gather(
-                *(
-                    http.get(f"{stack.nginx_url}/v1/items", headers={"X-API-Key": key})
-                    for _ in range(150)
-                )
-            )
-
-    responses = asyncio.run(burst())
+    responses = burst(f"{stack.nginx_url}/v1/items", "127.0.0.20", key, 150)
     by_nginx = [r for r in responses if "ratelimit-policy" not in r.headers]
     by_app = [r for r in responses if "ratelimit-policy" in r.headers]
     assert by_nginx and all(r.status_code == 429 for r in by_nginx)
@@ -336,17 +338,8 @@ def slow_stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
 
 def test_a_concurrency_limit_through_nginx_holds_across_both_instances(slow_stack):
     key = key_for(slow_stack, "enterprise")  # its window is far away: only the slots refuse
-
-    async def burst():
-        async with client("127.0.4.2") as http:
-            return await asyncio.gather(
-                *(
-                    http.get(f"{slow_stack.nginx_url}/slow?seconds=1", headers={"X-API-Key": key})
-                    for _ in range(8)
-                )
-            )
-
-    responses = asyncio.run(burst())
+    url = f"{slow_stack.nginx_url}/slow?seconds=1"
+    responses = burst(url, "127.0.4.2", key, 8)
     assert Counter(r.status_code for r in responses) == {200: 2, 429: 6}
     for refused in (r for r in responses if r.status_code == 429):
         assert refused.headers["retry-after"] == "1"
@@ -354,7 +347,7 @@ def test_a_concurrency_limit_through_nginx_holds_across_both_instances(slow_stac
         assert '"concurrency";q=2;qu="concurrent-requests"' in refused.headers["ratelimit-policy"]
     assert len(served_by(slow_stack, "127.0.4.2")) == 2  # both instances took requests
     # None leaked: once the two are done, two more are admitted.
-    again = asyncio.run(burst())
+    again = burst(url, "127.0.4.2", key, 8)
     assert Counter(r.status_code for r in again) == {200: 2, 429: 6}
 
 

@@ -74,8 +74,9 @@ async def test_cluster_two_instances_share_one_budget(make_settings, cluster, da
 async def test_cluster_counts_a_request_with_several_limits_in_one_slot(
     make_settings, cluster, database_url, key_prefix
 ):
-    # POST /v1/items has the plan's two windows and its own limit: three keys in one script
-    # call, which a cluster refuses (CROSSSLOT) unless they share a hash slot.
+    # POST /v1/items has the plan's two windows and its own two limits (one of them shadow):
+    # four keys in one script call, which a cluster refuses (CROSSSLOT) unless they share a
+    # hash slot.
     _, ports = cluster
     await set_plan(database_url, "anonymous", "100/minute;1000/hour")
     async with running_client(make_settings(redis_url=cluster_url(ports))) as client:
@@ -85,7 +86,7 @@ async def test_cluster_counts_a_request_with_several_limits_in_one_slot(
         key for port in ports for key in redis.Redis(port=port).scan_iter(match=f"{key_prefix}:*")
     ]
     slots = {redis.Redis(port=ports[0]).cluster("keyslot", key) for key in keys}
-    assert len(keys) == 3 and len(slots) == 1, keys
+    assert len(keys) == 4 and len(slots) == 1, keys
 
 
 async def test_cluster_spreads_callers_over_every_master(make_settings, cluster, key_prefix):

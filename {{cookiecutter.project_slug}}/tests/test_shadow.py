@@ -84,20 +84,24 @@ async def test_ratelimit_mode_shadow_serves_everything_and_sends_no_quota_header
 async def test_a_route_declared_shadow_counts_on_its_own_and_enforced_limits_still_refuse(
     make_settings, database_url, caplog
 ):
-    # GET /v1/items declares @limiter.limit("300/minute", shadow=True) (api/routes/items.py).
+    # POST /v1/items declares 10/minute, and 5/minute with shadow=True (api/routes/items.py).
     caplog.set_level(logging.INFO)
-    await set_plan(database_url, "anonymous", "303/minute")
+    await set_plan(database_url, "anonymous", "100/minute")
     async with running_client(make_settings()) as client:
-        responses = await send(client, 304, path="/v1/items")
-    statuses = [r.status_code for r in responses]
-    # 300 within the shadow limit, 3 served past it (logged), then the plan's limit refuses.
-    assert statuses == [200] * 303 + [429]
+        responses = [
+            await client.post(
+                "/v1/items", json={"name": "n"}, headers={"X-Request-ID": f"request-{n:04d}"}
+            )
+            for n in range(12)
+        ]
+    # 5 within the shadow limit, 5 served past it (logged), then the enforced 10/minute refuses.
+    assert [r.status_code for r in responses] == [201] * 10 + [429] * 2
     records = shadow_records(caplog)
-    assert [r.request_id for r in records] == [f"request-{n:04d}" for n in (300, 301, 302)]
-    assert {r.policy for r in records} == {"list_items"}
-    assert responses[0].headers["ratelimit-policy"] == '"anonymous";q=303;w=60'
-    refusal = responses[-1]
-    assert refusal.headers["ratelimit"].startswith('"anonymous";r=0;')
-    # The enforced refusal is logged once, as such.
+    assert [r.request_id for r in records] == [f"request-{n:04d}" for n in range(5, 10)]
+    assert {r.policy for r in records} == {"create_item-shadow"}
+    policies = '"anonymous";q=100;w=60, "create_item";q=10;w=60'
+    assert all(r.headers["ratelimit-policy"] == policies for r in responses)
+    assert responses[-1].json()["policy"] == "create_item"
+    # The enforced refusals are logged as such, once each.
     enforced = [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
-    assert [r.request_id for r in enforced] == ["request-0303"]
+    assert [r.request_id for r in enforced] == ["request-0010", "request-0011"]

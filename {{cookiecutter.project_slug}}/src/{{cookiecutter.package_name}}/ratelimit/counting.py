@@ -203,17 +203,7 @@ class MemoryCounter:
         storage does no I/O, but its expiry task can hold a key's lock for a moment, and a
         concurrent request of this process then passes between test and hit."""
         limits = limit_set.limits
-        allowed = []
-        for limit in limits:
-            if limit.concurrent:
-                in_flight = self._slots.in_flight(self._slots.key(identity, limit))
-                allowed.append(in_flight < limit.item.amount)
-            else:
-                subject = limit.subject or identity
-                ok = await self._limiter(limit).test(
-                    limit.item, subject, *limit.namespace, cost=limit.cost
-                )
-                allowed.append(ok)
+        allowed = await self._test(identity, limits)
         admitted = _all_or_nothing(limits, allowed)
         slots = []
         if admitted:
@@ -234,8 +224,13 @@ class MemoryCounter:
         await self._slots.release(held)
 
     async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        allowed = await self._test(identity, limit_set.limits)
+        return await self._results(identity, limit_set.limits, allowed)
+
+    async def _test(self, identity: str, limits: tuple[AppliedLimit, ...]) -> list[bool]:
+        """Whether each limit would admit one more request, spending nothing."""
         allowed = []
-        for limit in limit_set.limits:
+        for limit in limits:
             if limit.concurrent:
                 in_flight = self._slots.in_flight(self._slots.key(identity, limit))
                 allowed.append(in_flight < limit.item.amount)
@@ -245,7 +240,7 @@ class MemoryCounter:
                     limit.item, subject, *limit.namespace, cost=limit.cost
                 )
                 allowed.append(ok)
-        return await self._results(identity, limit_set.limits, allowed)
+        return allowed
 
     async def _results(
         self, identity: str, limits: tuple[AppliedLimit, ...], allowed: list[bool]

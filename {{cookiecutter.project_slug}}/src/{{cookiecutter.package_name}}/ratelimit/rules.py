@@ -207,7 +207,10 @@ class RouteLimits:
             if (limit.methods is None or method in limit.methods) and not limit.is_exempt(request)
         ]
         names = _policy_names(
-            [limit.scope or self.endpoint.__name__ for limit, _ in declared],
+            [
+                (limit.scope or self.endpoint.__name__) + ("-shadow" if declared_shadow else "")
+                for limit, declared_shadow in declared
+            ],
             [limit.limit for limit, _ in declared],
         )
         for (limit, declared_shadow), policy in zip(declared, names, strict=True):
