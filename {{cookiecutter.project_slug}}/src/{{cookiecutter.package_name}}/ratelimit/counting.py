@@ -382,6 +382,10 @@ class RedisCounter:
         # Concurrency slots of this process's requests in flight: (key, member), to renew.
         self._in_flight: set[tuple[str, str]] = set()
 
+    def close(self) -> None:
+        self._script.close()
+        self._slots_script.close()
+
     def key(self, identity: str, limit: AppliedLimit) -> str:
         # The subject is the hash tag: all of one caller's keys share a cluster slot.
         subject = (limit.subject or identity).replace("{", "(").replace("}", ")")

@@ -47,6 +47,7 @@ class RateLimiting:
             app.state.limit_storage = storage
             counter = self._counter(storage)
             if isinstance(counter, RedisCounter):  # renews the leases of concurrency slots
+                background.callback(counter.close)  # last: after the renewals have stopped
                 await background.enter_async_context(counter.keep_leases())
             failover = Failover(
                 counter,

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -20,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
 from ..settings import Settings, mask_password
+from .resp import RespChannel
 
 logger = logging.getLogger(__name__)
 
@@ -164,12 +166,25 @@ def connect(url: str, settings: Settings) -> RedisClient:
     return Redis(connection_pool=pool)
 
 
+def _direct_connection(client: RedisClient) -> dict[str, object] | None:
+    """The connection settings of a plain TCP or Unix-socket Redis, which script calls reach
+    through resp.py; None for TLS, Sentinel and Cluster, which they reach through redis-py."""
+    if not isinstance(client, Redis):
+        return None
+    pool = client.connection_pool
+    if pool.connection_class not in (Connection, UnixDomainSocketConnection):
+        return None  # SSLConnection, or a Sentinel-managed connection
+    return dict(pool.connection_kwargs)
+
+
 class ScriptRunner:
     """Calls one Lua script by EVALSHA: the calls of one event-loop tick in one write.
 
     Loads the script again when Redis has lost it (a restart, SCRIPT FLUSH). At most
-    `max_calls` calls (or batches) in flight, within the connection pool's size; each bounded
-    by `timeout`, above the socket timeouts (pool wait, NOSCRIPT reload and retries included).
+    `max_calls` calls (or batches) in flight; each bounded by `timeout`, above the socket
+    timeouts (connecting, NOSCRIPT reload and retries included). On a plain TCP or Unix-socket
+    Redis the calls travel on one connection of resp.py's, pipelined; otherwise on redis-py's
+    pooled connections.
     """
 
     def __init__(self, client: RedisClient, script: str, max_calls: int, timeout: float) -> None:
@@ -183,6 +198,16 @@ class ScriptRunner:
         self._timeout = timeout  # one timer per batch rather than one per request
         self._pending: list[PendingCall] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._direct = _direct_connection(client)
+        read_timeout = (self._direct or {}).get("socket_timeout")
+        self._read_timeout = read_timeout if isinstance(read_timeout, int | float) else None
+        self._channel: RespChannel | None = None
+        self._opening = asyncio.Lock()
+
+    def close(self) -> None:
+        """Close resp.py's connection, if any (redis-py's are closed with the client)."""
+        if self._channel is not None:
+            self._channel.close()
 
     async def call(self, keys: list[str], args: ScriptArgs) -> Reply:
         if not self._pipelined:
@@ -250,6 +275,14 @@ class ScriptRunner:
         section). The connection, its pool, AUTH/SELECT/TLS, Sentinel and reply parsing stay
         redis-py's.
         """
+        if self._direct is not None:
+            commands = [["EVALSHA", self._sha, len(keys), *keys, *args] for keys, args, _ in batch]
+            try:
+                return await self._exchange_direct(commands)
+            except RedisConnectionError:
+                # A connection Redis dropped (a restart) may be found dead only when used: one
+                # more try, on a fresh connection, as redis-py's own retry does.
+                return await self._exchange_direct(commands)
         payload = b"".join(self._evalsha(keys, args) for keys, args, _ in batch)
         try:
             return await self._exchange(payload, len(batch))
@@ -257,6 +290,31 @@ class ScriptRunner:
             # A pooled connection Redis dropped (a restart) is only found dead when used: one
             # more try, on a fresh connection, as redis-py's own retry does.
             return await self._exchange(payload, len(batch))
+
+    async def _exchange_direct(
+        self, commands: list[list[str | int]]
+    ) -> list[Reply | ResponseError]:
+        channel = self._channel
+        if channel is None or channel.closed:
+            channel = await self._open_channel()
+        futures = channel.send(commands, self._read_timeout)
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            # Failed, timed out or cancelled: replies may still come, out of step with the next
+            # calls. Never reuse it: the next batch opens a fresh one.
+            channel.close()
+            raise
+
+    async def _open_channel(self) -> RespChannel:
+        async with self._opening:  # one connection, however many batches wait for it
+            channel = self._channel
+            if channel is None or channel.closed:
+                assert self._direct is not None
+                timeout = self._direct.get("socket_connect_timeout") or self._timeout
+                assert isinstance(timeout, int | float)
+                channel = self._channel = await RespChannel.open(self._direct, timeout)
+            return channel
 
     async def _exchange(self, payload: bytes, replies: int) -> list[Reply | ResponseError]:
         assert isinstance(self._client, Redis)  # a cluster's calls are not batched
