@@ -18,8 +18,8 @@ from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-# The limiting algorithms: the one list (ratelimit/counting.py implements each, check.lua has a
-# branch for each, and the template's tests check its cookiecutter.json and hook agree).
+# The limiting algorithms: the one list (ratelimit/memory_counters.py implements each, check.lua
+# has a branch for each, and the template's tests check its cookiecutter.json and hook agree).
 Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 OutagePolicy = Literal["fail-open", "fail-closed"]

@@ -6,7 +6,9 @@ A request's check moves one way through these modules:
                  answer; unmatched paths and the start-up check of every route
 - rules.py       which limits apply: the caller's plan plus the route's slowapi declarations
 - failover.py    the outage policy while Redis is away (fail-open, fail-closed)
-- counting.py    the algorithms, counted in Redis (check.lua) or in memory, and the decision
+- counting.py    what a count decided, and the Counter protocol, implemented by
+  redis_counter.py   in Redis: check.lua, one script call per request, and
+  memory_counters.py in this process's memory (no Redis, or the fail-open fallback)
 - storage.py     the Redis connection, its timeouts, and how script calls travel
 - responses.py   the problem+json refusals and the quota headers
 - shedding.py    under overload (event-loop lag), 503 for the lowest plan priorities first,

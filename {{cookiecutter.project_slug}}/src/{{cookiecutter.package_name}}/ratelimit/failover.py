@@ -14,7 +14,8 @@ from redis.exceptions import RedisError
 from ..observability.metrics import RATELIMIT_STORAGE_UP
 from ..outages import Outage
 from ..settings import OutagePolicy
-from .counting import Counter, Decision, RedisCounter, Slots
+from .counting import Counter, Decision, Slots
+from .redis_counter import RedisCounter
 from .rules import LimitSet
 
 logger = logging.getLogger(__name__)

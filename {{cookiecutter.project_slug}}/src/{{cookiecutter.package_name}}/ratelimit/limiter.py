@@ -11,7 +11,7 @@ Why slowapi does not enforce them itself: slowapi 0.1.10 checks limits synchrono
 Redis storage every request blocks the event loop for a Redis round trip (and a slow Redis
 freezes the whole worker, health checks included); `async+redis://` storage is refused by
 slowapi; and with headers on it makes a second round trip per request. So `auto_check=False`
-turns its check off and counting.py counts asynchronously, in one Redis script call per
+turns its check off and redis_counter.py counts asynchronously, in one Redis script call per
 request, with the same limit strings (parsed by `limits`, as slowapi does). The storage,
 algorithm and key prefix are settings of the service (see settings.py), not arguments here;
 this Limiter never touches storage. slowapi is pinned exactly because the service relies on
@@ -116,5 +116,5 @@ limiter = DeclarationsLimiter(
     key_func=caller_key,
     auto_check=False,  # enforcement happens in route.py, off the synchronous path
     headers_enabled=False,  # the quota headers come from responses.py, with the decision
-    storage_uri="memory://",  # never used: counting happens in counting.py
+    storage_uri="memory://",  # never used: counting happens in redis_counter.py
 )

@@ -13,11 +13,13 @@ from fastapi import FastAPI
 from ..plans.caller import CallerResolver
 from ..plans.plan import parse_limits
 from ..settings import Settings
-from .counting import Counter, RedisCounter, memory_counter
+from .counting import Counter
 from .failover import Failover
 from .limiter import limiter
+from .memory_counters import memory_counter
 from .middleware import CallerMiddleware, Identification
 from .openapi import install_openapi
+from .redis_counter import RedisCounter
 from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
 from .rules import standalone_limits
 from .shedding import LoadShedder

@@ -1,0 +1,172 @@
+"""Counts in Redis: check.lua decides every limit of a request in one script call (storage.py
+sends it), and slots.lua releases and renews concurrency slots."""
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+
+from ..settings import Strategy
+from .counting import Held, LimitResult, Slots
+from .rules import AppliedLimit, LimitSet
+from .storage import RedisClient, ScriptRunner
+
+CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
+SLOTS_SCRIPT = files(__package__).joinpath("slots.lua").read_text()
+
+logger = logging.getLogger(__name__)
+
+
+class RedisCounter:
+    """Counts in Redis: one check.lua call per request (storage.py sends it).
+
+    A refusal is also remembered locally until the limit frees capacity (the reset time the
+    script returned): until then Redis could only refuse again, since other instances can
+    only add hits, so a flood over the limit is answered without a Redis call. (Not a
+    refusal by a concurrency limit: a slot can free up any moment.)
+
+    Concurrency slots are leased: each expires `lease` seconds after it was taken or last
+    renewed, and keep_leases() renews the slots of this process's requests in flight, so a
+    slow response keeps its slot and an instance that dies loses its slots within a lease.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        strategy: Strategy,
+        key_prefix: str,
+        max_calls: int,
+        timeout: float,
+        moving_window_max_hits: int,
+        lease: float = 30.0,
+    ) -> None:
+        self._script = ScriptRunner(client, CHECK_SCRIPT, max_calls=max_calls, timeout=timeout)
+        self._slots_script = ScriptRunner(
+            client, SLOTS_SCRIPT, max_calls=max_calls, timeout=timeout
+        )
+        self._strategy = strategy
+        self._max_hits = moving_window_max_hits
+        self._prefix = key_prefix
+        self._lease = lease
+        self._lease_arg = f"{lease:g}"  # as the scripts read it
+        # Moving-window hits are members of a sorted set: each needs a unique name. A process
+        # prefix and a sequence number are unique, and cheaper than a uuid per request.
+        self._nonce_prefix = uuid.uuid4().hex[:12] + "-"
+        self._sequence = itertools.count()
+        # (counter keys, script arguments) of a refused request -> (monotonic time until
+        # which Redis would refuse it too, the results it got)
+        self._refusing: dict[tuple[str | int, ...], tuple[float, tuple[LimitResult, ...]]] = {}
+        # Concurrency slots of this process's requests in flight: (key, member), to renew.
+        self._in_flight: set[tuple[str, str]] = set()
+
+    def close(self) -> None:
+        self._script.close()
+        self._slots_script.close()
+
+    def key(self, identity: str, limit: AppliedLimit) -> str:
+        # The subject is the hash tag: all of one caller's keys share a cluster slot.
+        subject = (limit.subject or identity).replace("{", "(").replace("}", ")")
+        return self._prefix + ":{" + subject + "}:" + limit.key_suffix
+
+    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+        if not self._refusing:  # nothing refused lately: spare building the keys twice
+            return None
+        keys = [self.key(identity, limit) for limit in limit_set.limits]
+        known = self._refusing.get((*keys, *limit_set.script_args))
+        if known is not None and known[0] > time.monotonic():
+            return known[1]
+        return None
+
+    async def evaluate(
+        self, identity: str, limit_set: LimitSet
+    ) -> tuple[tuple[LimitResult, ...], Slots | None]:
+        limits = limit_set.limits
+        keys = [self.key(identity, limit) for limit in limits]
+        nonce = self._nonce_prefix + str(next(self._sequence))
+        reply = await self._script.call(
+            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *limit_set.script_args]
+        )
+        admitted, server_now, wall, clock = reply[0], reply[1], time.time(), time.monotonic()
+        results, refused_for, remember = [], 0.0, True
+        for index, limit in enumerate(limits):
+            allowed, remaining, reset_ms = reply[2 + 3 * index : 5 + 3 * index]
+            delay = max(0.0, (reset_ms - server_now) / 1000)
+            results.append(LimitResult(limit, bool(allowed), remaining, wall + delay))
+            if not allowed and not limit.shadow:
+                refused_for = max(refused_for, delay)
+                remember = remember and not limit.concurrent
+        if refused_for and remember:
+            signature: tuple[str | int, ...] = (*keys, *limit_set.script_args)
+            self._remember_refusal(signature, clock + refused_for, tuple(results))
+        slots = None
+        if admitted and limit_set.holds_slots:
+            held = tuple(
+                (keys[index], f"{nonce}:{index + 1}")
+                for index, result in enumerate(results)
+                if result.limit.concurrent and result.allowed
+            )
+            if held:
+                self._in_flight.update(held)
+                slots = Slots(self, held)
+        return tuple(results), slots
+
+    async def release(self, held: Held) -> None:
+        self._in_flight.difference_update(held)
+        for key in {key for key, _ in held}:
+            members = [member for k, member in held if k == key]
+            await self._slots_script.call([key], [0, *members])
+
+    @asynccontextmanager
+    async def keep_leases(self) -> AsyncIterator[None]:
+        """Renew the leases of this process's slots in flight, three times per lease."""
+        task = asyncio.create_task(self._renew_leases())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            by_key: dict[str, list[str]] = {}
+            for key, member in list(self._in_flight):
+                by_key.setdefault(key, []).append(member)
+            for key, members in by_key.items():
+                try:
+                    await self._slots_script.call([key], [self._lease_arg, *members])
+                except Exception as exc:  # the next round tries again; the lease has margin
+                    logger.warning(
+                        "Could not renew concurrency slots (%s: %s)", type(exc).__name__, exc
+                    )
+
+    async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
+        """check.lua with an empty nonce: it reads every counter and writes none."""
+        limits = limit_set.limits
+        keys = [self.key(identity, limit) for limit in limits]
+        reply = await self._script.call(
+            keys, [self._strategy, "", self._max_hits, self._lease_arg, *limit_set.script_args]
+        )
+        server_now, wall = reply[1], time.time()
+        return tuple(
+            LimitResult(
+                limit,
+                bool(reply[2 + 3 * index]),
+                reply[3 + 3 * index],
+                wall + max(0.0, (reply[4 + 3 * index] - server_now) / 1000),
+            )
+            for index, limit in enumerate(limits)
+        )
+
+    def _remember_refusal(
+        self, signature: tuple[str | int, ...], until: float, results: tuple[LimitResult, ...]
+    ) -> None:
+        if len(self._refusing) > 10_000:  # forget the expired ones before growing further
+            clock = time.monotonic()
+            self._refusing = {k: v for k, v in self._refusing.items() if v[0] > clock}
+            if len(self._refusing) > 10_000:  # a flood from many callers: bounded memory first
+                self._refusing.clear()
+        self._refusing[signature] = (until, results)
