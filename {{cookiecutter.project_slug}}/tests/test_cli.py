@@ -1,9 +1,11 @@
 """The command line says what it did to the database, and one line when it cannot use it."""
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
@@ -64,3 +66,18 @@ async def test_an_unusable_database_is_one_line_without_the_password(case, comma
     line = stderr.strip()
     assert line.startswith("error: database postgresql://") and ":***@" in line
     assert named in line and "DATABASE_URL" in line
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+async def test_every_migration_goes_down_to_base_and_up_again(fresh_database, tmp_path, dialect):
+    url = fresh_database if dialect == "postgresql" else f"sqlite+aiosqlite:///{tmp_path}/plans.db"
+    config = alembic_config(url)
+
+    def down_and_up() -> None:
+        command.upgrade(config, "head")
+        command.downgrade(config, "base")  # each revision's constraints found by name
+        command.upgrade(config, "head")
+
+    await asyncio.to_thread(down_and_up)  # alembic runs its own event loop for async URLs
+    code, stdout, _ = await run_cli(url, "plans", "list")
+    assert code == 0 and "anonymous" in stdout

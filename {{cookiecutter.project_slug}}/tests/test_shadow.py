@@ -105,3 +105,17 @@ async def test_a_route_declared_shadow_counts_on_its_own_and_enforced_limits_sti
     # The enforced refusals are logged as such, once each.
     enforced = [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
     assert [r.request_id for r in enforced] == ["request-0010", "request-0011"]
+
+
+async def test_a_plan_shadow_limit_equal_to_a_limit_under_shadow_mode_counts_apart(
+    make_settings, database_url, caplog
+):
+    # RATELIMIT_MODE=shadow keeps each limit's usual counter; a plan's shadow limit has its own,
+    # so an equal pair does not count every request twice.
+    caplog.set_level(logging.INFO)
+    await set_plan(database_url, "anonymous", "5/minute", shadow_limits="5/minute")
+    async with running_client(make_settings(ratelimit_mode="shadow")) as client:
+        responses = await send(client, 8)
+    assert [r.status_code for r in responses] == [SERVED] * 8
+    logged = [r.request_id for r in shadow_records(caplog)]
+    assert logged == [f"request-{n:04d}" for n in (5, 5, 6, 6, 7, 7)]  # one line per limit

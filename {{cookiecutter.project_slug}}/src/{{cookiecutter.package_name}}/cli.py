@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     update_key.add_argument("public_id")
     update_key.add_argument("--limits", help="the key's limits of every route, e.g. 5000/minute")
     update_key.add_argument(
-        "--route", action="append", help="the key's limits of one route: /v1/items=10/minute"
+        "--route",
+        action="append",
+        help="the key's limits of one route, /v1/items=10/minute; replaces all its per-route ones",
     )
     update_key.add_argument(
         "--clear-limits", action="store_true", help="back to the plan's limits (before the rest)"

@@ -163,7 +163,8 @@ class PlanCache:
         try:
             plan = self._kept(repository.key_plan(row, plan))
         except ValueError as exc:  # written by plain SQL, past the CHECK (SQLite has none)
-            raise MisconfiguredPlan(f"{plan.name} (key {row.public_id})", row.limits) from exc
+            own = f"key {row.public_id}: limits={row.limits!r}, route_limits={row.route_limits!r}"
+            raise MisconfiguredPlan(plan.name, own) from exc
         return KeyGrant(row.secret_hash, plan, row.blocked_reason)
 
     async def _fetch_plan(self, name: str) -> Plan | None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
@@ -89,9 +89,11 @@ class RespChannel(asyncio.Protocol):
         return futures
 
     def close(self) -> None:
+        """Close it, failing the calls still waiting with an error that is not retried: Redis may
+        have run them already."""
         if self._transport is not None:
             self._transport.close()
-        self._lost(RedisConnectionError("the connection to Redis was closed"))
+        self._lost(RedisError("the service closed its connection to Redis"))
 
     def _timed_out(self) -> None:
         if self._transport is not None:

@@ -58,10 +58,8 @@ class AppliedLimit:
             window, text = f"in-flight{item.amount}", f"{item.amount} concurrent requests"
         else:
             window, text = f"{item.amount}/{item.multiples}{item.GRANULARITY.name}", str(item)
-        # A shadow limit has counters of its own: rolling it out does not touch enforced counts.
-        prefix = ["shadow"] if self.shadow else []
         object.__setattr__(self, "window_seconds", item.get_expiry())
-        object.__setattr__(self, "key_suffix", ":".join([*prefix, *self.namespace, window]))
+        object.__setattr__(self, "key_suffix", ":".join([*self.namespace, window]))
         object.__setattr__(self, "text", text)
 
     @property
@@ -185,14 +183,18 @@ class RouteLimits:
     def _work_out(self, request: Request, plan: Plan, shadow: bool) -> LimitSet:
         route = self.path
         applied = []
-        for items, base, is_shadow_limit in (
-            (plan.limits_for(route), plan.name, shadow),
-            (plan.shadow_limits, f"{plan.name}-shadow", True),
+        # A declared or configured shadow limit is counted apart ("plan-shadow", "shadow:..."),
+        # so that rolling it out never touches the enforced counts, even of an equal limit.
+        # Under RATELIMIT_MODE=shadow every limit keeps its usual counter: nothing is enforced
+        # beside it, and enforcing later goes on from the same counts.
+        for items, base, kind, is_shadow_limit in (
+            (plan.limits_for(route), plan.name, "plan", shadow),
+            (plan.shadow_limits, f"{plan.name}-shadow", "plan-shadow", True),
         ):
             names = _policy_names([base] * len(items), items)
             applied += [
                 AppliedLimit(
-                    item=item, namespace=("plan", route), policy=policy, shadow=is_shadow_limit
+                    item=item, namespace=(kind, route), policy=policy, shadow=is_shadow_limit
                 )
                 for item, policy in zip(items, names, strict=True)
             ]
@@ -218,6 +220,8 @@ class RouteLimits:
             namespace: tuple[str, ...] = ("shared", scope) if scope else ("route", route)
             if limit.per_method:
                 namespace += (method,)
+            if declared_shadow:
+                namespace = ("shadow", *namespace)
             message = limit.error_message
             applied.append(
                 AppliedLimit(

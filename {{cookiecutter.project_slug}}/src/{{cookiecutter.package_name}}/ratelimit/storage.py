@@ -203,9 +203,11 @@ class ScriptRunner:
         self._read_timeout = read_timeout if isinstance(read_timeout, int | float) else None
         self._channel: RespChannel | None = None
         self._opening = asyncio.Lock()
+        self._closed = False
 
     def close(self) -> None:
-        """Close resp.py's connection, if any (redis-py's are closed with the client)."""
+        """Close resp.py's connection, if any, for good (redis-py's close with the client)."""
+        self._closed = True
         if self._channel is not None:
             self._channel.close()
 
@@ -280,8 +282,9 @@ class ScriptRunner:
             try:
                 return await self._exchange_direct(commands)
             except RedisConnectionError:
-                # A connection Redis dropped (a restart) may be found dead only when used: one
-                # more try, on a fresh connection, as redis-py's own retry does.
+                # Redis dropped the connection (a restart), found when used or while waiting:
+                # one more try, on a fresh connection, as redis-py's own retry does. (A failure
+                # of the service's own making, a timeout or the shutdown, is not retried.)
                 return await self._exchange_direct(commands)
         payload = b"".join(self._evalsha(keys, args) for keys, args, _ in batch)
         try:
@@ -297,17 +300,17 @@ class ScriptRunner:
         channel = self._channel
         if channel is None or channel.closed:
             channel = await self._open_channel()
+        # A batch cancelled here (its time is up, or the service is stopping) leaves the
+        # connection as it is: its futures are cancelled, and its replies, when they come, are
+        # read and dropped in turn. Closing it would fail the other batches on it, which Redis
+        # may have run already. A reply that does not come in time aborts it (resp.py).
         futures = channel.send(commands, self._read_timeout)
-        try:
-            return [await future for future in futures]
-        except BaseException:
-            # Failed, timed out or cancelled: replies may still come, out of step with the next
-            # calls. Never reuse it: the next batch opens a fresh one.
-            channel.close()
-            raise
+        return [await future for future in futures]
 
     async def _open_channel(self) -> RespChannel:
         async with self._opening:  # one connection, however many batches wait for it
+            if self._closed:
+                raise RedisError("the rate limiter's Redis connection is closed (shutting down)")
             channel = self._channel
             if channel is None or channel.closed:
                 assert self._direct is not None

@@ -38,5 +38,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # On Postgres the name is as written above; on SQLite the models' naming convention was
+    # applied to it (ck_plans_ck_...), and is applied again here, so both find it.
+    postgres = op.get_bind().dialect.name == "postgresql"
     with op.batch_alter_table("plans") as batch:
-        batch.drop_constraint(CONSTRAINT, type_="check")
+        batch.drop_constraint(op.f(CONSTRAINT) if postgres else CONSTRAINT, type_="check")
