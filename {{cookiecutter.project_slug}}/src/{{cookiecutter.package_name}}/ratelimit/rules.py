@@ -7,8 +7,8 @@ A limit is enforced or shadow: a shadow limit (declared `shadow=True`, a plan's
 `shadow_limits`, or every limit under RATELIMIT_MODE=shadow) is counted exactly as if it were
 enforced (declared and plan ones under counters of their own), but never refuses: its would-be
 refusals are logged and counted (route.py), and it is left out of the quota headers, which
-describe only what can refuse. A concurrency limit (`@limiter.concurrency(N)`) counts requests in flight instead of
-requests in a window.
+describe only what can refuse. A concurrency limit (`@limiter.concurrency(N)`) counts requests
+in flight instead of requests in a window.
 
 Most of this is known before any request arrives: a route's declarations are read from the
 Limiter's registry once, when the route is built, and the limits of one plan on one route are
