@@ -28,10 +28,6 @@ def key_plan(row: ApiKeyRow, plan: Plan) -> Plan:
     return plan.with_key_limits(row.public_id, limits, parse_route_limits(row.route_limits or {}))
 
 
-def _check_route_limits(route_limits: dict[str, str]) -> None:
-    parse_route_limits(route_limits)
-
-
 def _shadow_limits(value: str) -> str | None:
     """A plan's shadow limits as stored: "" clears them."""
     if not value.strip():
@@ -68,7 +64,7 @@ async def create_plan(
     priority: int = 1,  # above anonymous (0), with the lowest seeded paying plan
 ) -> PlanRow:
     parse_limits(limits)
-    _check_route_limits(route_limits or {})
+    parse_route_limits(route_limits or {})
     shadow = _shadow_limits(shadow_limits or "")
     check_priority(priority)
     if await find_plan(session, name) is not None:
@@ -103,7 +99,7 @@ async def update_plan(
         parse_limits(limits)
         row.limits = limits
     if route_limits is not None:
-        _check_route_limits(route_limits)
+        parse_route_limits(route_limits)
         row.route_limits = route_limits
     if priority is not None:
         row.priority = check_priority(priority)
@@ -164,7 +160,7 @@ async def update_key(
         parse_limits(limits)
         row.limits = limits
     if route_limits is not None:
-        _check_route_limits(route_limits)
+        parse_route_limits(route_limits)
         row.route_limits = route_limits or None
     if unblock:
         row.blocked_reason = None

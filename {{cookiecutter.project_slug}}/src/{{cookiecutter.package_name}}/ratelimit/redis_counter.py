@@ -84,24 +84,15 @@ class RedisCounter:
     async def evaluate(
         self, identity: str, limit_set: LimitSet
     ) -> tuple[tuple[LimitResult, ...], Slots | None]:
-        limits = limit_set.limits
-        keys = [self.key(identity, limit) for limit in limits]
         nonce = self._nonce_prefix + str(next(self._sequence))
-        reply = await self._script.call(
-            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *limit_set.script_args]
-        )
-        admitted, server_now, wall, clock = reply[0], reply[1], time.time(), time.monotonic()
-        results, refused_for, remember = [], 0.0, True
-        for index, limit in enumerate(limits):
-            allowed, remaining, reset_ms = reply[2 + 3 * index : 5 + 3 * index]
-            delay = max(0.0, (reset_ms - server_now) / 1000)
-            results.append(LimitResult(limit, bool(allowed), remaining, wall + delay))
-            if not allowed and not limit.shadow:
-                refused_for = max(refused_for, delay)
-                remember = remember and not limit.concurrent
-        if refused_for and remember:
-            signature: tuple[str | int, ...] = (*keys, *limit_set.script_args)
-            self._remember_refusal(signature, clock + refused_for, tuple(results))
+        keys, results, admitted = await self._check(identity, limit_set, nonce)
+        refused = [result for result in results if not result.allowed and not result.limit.shadow]
+        if refused and not any(result.limit.concurrent for result in refused):
+            wall, clock = time.time(), time.monotonic()
+            until = max(result.reset_at for result in refused)
+            if until > wall:
+                signature: tuple[str | int, ...] = (*keys, *limit_set.script_args)
+                self._remember_refusal(signature, clock + until - wall, results)
         slots = None
         if admitted and limit_set.holds_slots:
             held = tuple(
@@ -112,7 +103,7 @@ class RedisCounter:
             if held:
                 self._in_flight.update(held)
                 slots = Slots(self, held)
-        return tuple(results), slots
+        return results, slots
 
     async def release(self, held: Held) -> None:
         self._in_flight.difference_update(held)
@@ -145,13 +136,21 @@ class RedisCounter:
 
     async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
         """check.lua with an empty nonce: it reads every counter and writes none."""
+        _, results, _ = await self._check(identity, limit_set, "")
+        return results
+
+    async def _check(
+        self, identity: str, limit_set: LimitSet, nonce: str
+    ) -> tuple[list[str], tuple[LimitResult, ...], bool]:
+        """One check.lua call: the counter keys, each limit's result, and whether the request
+        was admitted (no enforced limit refused it)."""
         limits = limit_set.limits
         keys = [self.key(identity, limit) for limit in limits]
         reply = await self._script.call(
-            keys, [self._strategy, "", self._max_hits, self._lease_arg, *limit_set.script_args]
+            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *limit_set.script_args]
         )
         server_now, wall = reply[1], time.time()
-        return tuple(
+        results = tuple(
             LimitResult(
                 limit,
                 bool(reply[2 + 3 * index]),
@@ -160,6 +159,7 @@ class RedisCounter:
             )
             for index, limit in enumerate(limits)
         )
+        return keys, results, bool(reply[0])
 
     def _remember_refusal(
         self, signature: tuple[str | int, ...], until: float, results: tuple[LimitResult, ...]

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -21,7 +22,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
 from ..settings import Settings, mask_password
-from .resp import RespChannel
+from .resp import RespChannel, pack
 
 logger = logging.getLogger(__name__)
 
@@ -269,30 +270,27 @@ class ScriptRunner:
                 raise  # cancelled (shutting down): the task itself ends cancelled
 
     async def _pipeline(self, batch: list[PendingCall]) -> list[Reply | ResponseError]:
-        """Every call of the batch in one write on one pooled connection, then their replies.
+        """Every call of the batch in one write, on resp.py's connection or a pooled redis-py
+        one (TLS, Sentinel), then their replies.
 
         Why not redis-py's Pipeline: it builds a command stack, encodes every argument through
         its encoder and wraps the exchange in retries and response callbacks, about twice the
         CPU per call of writing the commands out here (figures: the README's performance
-        section). The connection, its pool, AUTH/SELECT/TLS, Sentinel and reply parsing stay
-        redis-py's.
+        section). On the pooled path the connection, its pool, AUTH/SELECT/TLS, Sentinel and
+        reply parsing stay redis-py's.
         """
+        commands = [["EVALSHA", self._sha, len(keys), *keys, *args] for keys, args, _ in batch]
         if self._direct is not None:
-            commands = [["EVALSHA", self._sha, len(keys), *keys, *args] for keys, args, _ in batch]
-            try:
-                return await self._exchange_direct(commands)
-            except RedisConnectionError:
-                # Redis dropped the connection (a restart), found when used or while waiting:
-                # one more try, on a fresh connection, as redis-py's own retry does. (A failure
-                # of the service's own making, a timeout or the shutdown, is not retried.)
-                return await self._exchange_direct(commands)
-        payload = b"".join(self._evalsha(keys, args) for keys, args, _ in batch)
+            exchange = partial(self._exchange_direct, commands)
+        else:
+            exchange = partial(self._exchange, b"".join(map(pack, commands)), len(commands))
         try:
-            return await self._exchange(payload, len(batch))
+            return await exchange()
         except RedisConnectionError:
-            # A pooled connection Redis dropped (a restart) is only found dead when used: one
-            # more try, on a fresh connection, as redis-py's own retry does.
-            return await self._exchange(payload, len(batch))
+            # Redis dropped the connection (a restart), found when used or while waiting: one
+            # more try, on a fresh connection, as redis-py's own retry does. (A failure of the
+            # service's own making, a timeout or the shutdown, is not retried.)
+            return await exchange()
 
     async def _exchange_direct(
         self, commands: list[list[str | int]]
@@ -337,12 +335,3 @@ class ScriptRunner:
             raise
         finally:
             await pool.release(connection)
-
-    def _evalsha(self, keys: list[str], args: ScriptArgs) -> bytes:
-        """EVALSHA sha numkeys key... arg... in the Redis protocol (RESP)."""
-        parts = [self._sha, len(keys), *keys, *args]
-        packed = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(parts) + 1)]
-        for part in parts:
-            data = str(part).encode()
-            packed.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(packed)
