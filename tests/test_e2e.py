@@ -88,14 +88,13 @@ def key_for(stack: Stack, plan: str) -> str:
     return stack.cli("keys", "create", "--plan", plan, "--owner", "e2e").splitlines()[-1]
 
 
-def burst(url: str, source_ip: str, key: str, count: int) -> list[httpx.Response]:
-    """`count` GETs of `url` at once, from `source_ip`, with the API key `key`."""
+def burst(url: str, source_ip: str, key: str | None = None, count: int = 1) -> list[httpx.Response]:
+    """`count` GETs of `url` at once, from `source_ip`, with the API key `key` if any."""
+    headers = {"X-API-Key": key} if key else {}
 
     async def send() -> list[httpx.Response]:
         async with client(source_ip) as http:
-            return await asyncio.gather(
-                *(http.get(url, headers={"X-API-Key": key}) for _ in range(count))
-            )
+            return await asyncio.gather(*(http.get(url, headers=headers) for _ in range(count)))
 
     return asyncio.run(send())
 
@@ -190,11 +189,7 @@ def test_a_forged_forwarded_for_does_not_escape_the_budget(stack):
 
 
 def test_metrics_are_not_public_through_nginx(stack):
-    async def get():
-        async with client("127.0.0.50") as http:
-            return await http.get(f"{stack.nginx_url}/metrics")
-
-    response = asyncio.run(get())
+    [response] = burst(f"{stack.nginx_url}/metrics", "127.0.0.50")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
 
@@ -249,11 +244,7 @@ def test_a_request_nginx_refuses_gets_problem_json(stack, case):
 
 
 def test_the_apps_own_errors_pass_through_nginx_untouched(stack):
-    async def get():
-        async with client("127.0.0.70") as http:
-            return await http.get(f"{stack.nginx_url}/v1/no-such-route")
-
-    response = asyncio.run(get())
+    [response] = burst(f"{stack.nginx_url}/v1/no-such-route", "127.0.0.70")
     assert response.status_code == 404
     assert "x-request-id" in response.headers  # the app's answer, not nginx's
     assert response.json().get("detail") != "Nothing is served at this path."

@@ -1,5 +1,6 @@
 """The service with one CPU-heavy route, for test_shedding.py: started by uvicorn as
-`tests.busy_app:app` (the project root on PYTHONPATH), its settings from the environment."""
+`tests.busy_app:app` (the project root on PYTHONPATH, as start_uvicorn puts it), its settings
+from the environment."""
 
 import time
 

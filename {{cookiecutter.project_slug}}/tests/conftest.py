@@ -47,6 +47,8 @@ HOW_TO_START_POSTGRES = (
     "or point DATABASE_URL at a Postgres where this user may create databases"
 )
 TEST_DB_PREFIX = "test_{{ cookiecutter.package_name }}_"
+# The project's root: where `tests` is importable from.
+PROJECT = str(Path(__file__).resolve().parents[1])
 
 
 def _tcp_address(url: str, default_port: int) -> tuple[str, int] | None:
@@ -338,7 +340,14 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
             cwd=tmp_path,  # away from the project's .env: the test decides every setting
             # Load shedding off unless the test sets it (as make_settings does): tests that
             # flood an instance on purpose expect 200s and 429s, never a shed 503.
-            env={**os.environ, "LOAD_SHEDDING_LAG_MS": "0", **env},
+            # The project root on PYTHONPATH: `app` may be one of the tests' own modules
+            # (tests.slow_app:app), which the server, started away from here, imports.
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [PROJECT, os.getenv("PYTHONPATH")])),
+                "LOAD_SHEDDING_LAG_MS": "0",
+                **env,
+            },
             stderr=output,
         )  # fmt: skip
         if output:

@@ -1,5 +1,5 @@
 """The service with slow endpoints of a test's own, for concurrency limits across processes:
-`uvicorn tests.slow_app:app` (with the project root on PYTHONPATH)."""
+`uvicorn tests.slow_app:app` (with the project root on PYTHONPATH, as start_uvicorn puts it)."""
 
 import asyncio
 from collections.abc import AsyncIterator

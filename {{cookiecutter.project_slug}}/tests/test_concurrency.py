@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
 import httpx
 
@@ -15,7 +14,6 @@ from {{ cookiecutter.package_name }}.main import create_app
 from .conftest import running_client, set_plan
 from .slow_app import IN_FLIGHT, router
 
-PROJECT = Path(__file__).resolve().parents[1]
 POLICY = f'"concurrency";q={IN_FLIGHT};qu="concurrent-requests"'
 
 
@@ -62,7 +60,6 @@ async def test_two_instances_share_the_slots(make_settings, database_url):
 def start_slow_app(start_uvicorn, redis_url, key_prefix, database_url, **env: str) -> str:
     return start_uvicorn(
         "tests.slow_app:app",
-        PYTHONPATH=str(PROJECT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         REDIS_URL=redis_url,
         RATELIMIT_KEY_PREFIX=key_prefix,
         DATABASE_URL=database_url,

@@ -38,7 +38,6 @@ from .conftest import (
     wait_until,
 )
 
-PROJECT = Path(__file__).resolve().parents[1]
 # Low, so that a few CPU-heavy requests in flight are an overload.
 LAG_MS = 50.0
 # The shipped default, for the idle instance: a lag this long there would be a false alarm.
@@ -59,7 +58,6 @@ def start_busy_service(
     return start_uvicorn(
         app="tests.busy_app:app",
         stderr=log,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")])),
         REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
         DATABASE_URL=database_url,
         RATELIMIT_KEY_PREFIX=key_prefix,
