@@ -1,4 +1,5 @@
-"""A template-local extension (cookiecutter's `_extensions`): a failed hook without a traceback.
+"""Template-local extensions (cookiecutter's `_extensions`): a failed hook without a traceback,
+and JSON rendered in the order the answers were given.
 
 The pre-generation hook prints one line per bad answer, naming the field. cookiecutter then logs
 "Stopping generation because pre_gen_project hook script didn't exit successfully" with the
@@ -32,3 +33,17 @@ class QuietHookFailures(Extension):
         # imported afresh for each, so the check is by name, not by class).
         if not any(type(f).__name__ == "HookFailureWithoutTraceback" for f in hooks_logger.filters):
             hooks_logger.addFilter(HookFailureWithoutTraceback())
+
+
+class AnswerOrderJson(Extension):
+    """`tojson` keeps the order of the answers' keys.
+
+    Jinja's `tojson` sorts keys by default, so the seeded plans came out alphabetical
+    (`enterprise` before `free`), and so did the priorities migration 0004 gives them in seed
+    order: load shedding then dropped the best customers first. The plans are answered in a
+    meaningful order, lowest first; that order is the one written.
+    """
+
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        environment.policies["json.dumps_kwargs"] = {"sort_keys": False}

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ANSWER_SETS, bake_ok, run
+from .conftest import ANSWER_SETS, SERVICE_TEMPLATE, bake_ok, run
 from .stack import ADMIN_DATABASE_URL, REDIS_URL, forget, free_port, psql
 
 ROUTE = "/v1/items"
@@ -149,6 +149,7 @@ def test_each_answer_set_starts_as_its_readme_says(cookies, service_venvs, tmp_p
             REDIS_URL=REDIS_URL, DATABASE_URL=database_url, RATELIMIT_KEY_PREFIX=prefix
         )
         console(venv, project, env, "db", "upgrade")
+        listed = console(venv, project, env, "plans", "list")
         console(venv, project, env, "plans", "update", "anonymous", "--limits", "3/hour")
         key = console(venv, project, env, "keys", "create", "--plan", plan, "--owner", "test")
         key = key.strip().splitlines()[-1]
@@ -159,6 +160,16 @@ def test_each_answer_set_starts_as_its_readme_says(cookies, service_venvs, tmp_p
             keyed = httpx.get(f"{base_url}{ROUTE}", headers={"X-API-Key": key}, timeout=10)
             live = httpx.get(f"{base_url}/health/live", timeout=10)
             ready = httpx.get(f"{base_url}/health/ready", timeout=10)
+
+    # Priorities follow the order the plans were given (shedding spares the later ones first),
+    # whatever their names: anonymous 0, then the defaults' order, then the answers' own plans.
+    priorities = {
+        line.split("\t")[0]: int(re.search(r"\tpriority (\d+)", line)[1])  # type: ignore[index]
+        for line in listed.splitlines()
+    }
+    defaults = json.loads((SERVICE_TEMPLATE.parent / "cookiecutter.json").read_text())["plans"]
+    given = ["anonymous", *{**defaults, **answers.get("plans", {})}]
+    assert priorities == {name: n for n, name in enumerate(given)}, listed
 
     assert [r.status_code for r in anonymous] == [200, 200, 200, 429], anonymous[-1].text
     assert names_plan(anonymous[0].headers["ratelimit-policy"], "anonymous")

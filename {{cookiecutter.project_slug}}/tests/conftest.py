@@ -449,3 +449,9 @@ def metric(text: str, name: str, **labels: str) -> float:
             if ",".join(sorted(found.split(","))) == wanted or (not labels and not found):
                 return float(value)
     return 0.0
+
+
+def storage_errors(text: str, *kinds: str) -> float:
+    """Failed storage calls in Prometheus' text format: of the kinds given, else of every kind."""
+    kinds = kinds or ("timeout", "connection", "server", "reply")
+    return sum(metric(text, "ratelimit_storage_errors_total", kind=kind) for kind in kinds)

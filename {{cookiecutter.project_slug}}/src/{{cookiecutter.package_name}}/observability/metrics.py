@@ -185,7 +185,18 @@ RATELIMIT_CHECK_SECONDS = Histogram(
 )
 RATELIMIT_STORAGE_ERRORS = Counter(
     "ratelimit_storage_errors_total",
-    "Failed calls to the rate-limit storage (Redis); one batched call fails once",
+    "Failed calls to the rate-limit storage (Redis), by kind: timeout, connection (an outage "
+    "once confirmed), server (Redis cannot count now), reply (one call's keys); a batched "
+    "call that times out or loses its connection fails once",
+    ["kind"],
+)
+for _kind in ("timeout", "connection", "server", "reply"):  # each exposed from the start, at 0
+    RATELIMIT_STORAGE_ERRORS.labels(_kind)
+RATELIMIT_STORAGE_MAY_EVICT = Gauge(
+    "ratelimit_storage_may_evict",
+    "1 when the limits' Redis may evict their keys (a maxmemory-policy other than "
+    "noeviction: callers then get fresh budgets), 0 when it may not, -1 when it could not be "
+    "checked (INFO denied)",
 )
 RATELIMIT_STORAGE_UP = Gauge(
     "ratelimit_storage_up",

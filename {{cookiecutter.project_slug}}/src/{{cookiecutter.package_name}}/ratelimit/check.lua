@@ -1,13 +1,16 @@
 -- Decide every limit of one request in one round trip, atomically, on the Redis clock.
 --
 -- KEYS[i]   the counter of limit i (all of one caller's keys share a hash tag: one slot)
--- ARGV      strategy, nonce, exact_max, lease seconds, n, then amount, window seconds, cost,
---           flags for each of the n limits; an empty nonce is a peek: every limit's state,
+-- ARGV      strategy, nonce, exact_max, lease seconds, deadline, n, then amount, window seconds,
+--           cost, flags for each of the n limits; an empty nonce is a peek: every limit's state,
 --           read only (the quota endpoint). With the moving window, a limit of more than
 --           exact_max hits is counted by the sliding window counter instead: a moving window
 --           keeps one entry per hit. Flags: 1 shadow (counted, never refusing), 2 concurrency
 --           (a sorted set of the requests in flight, by lease expiry: at most `amount`).
--- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}
+-- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}, or
+--           {-1, now ms} when the call runs after its deadline (ms on this server's clock; 0:
+--           none): its caller has given up on it by then (a stalled Redis runs its backlog late),
+--           so it counts nothing and takes no slot, or the request would be counted twice.
 --
 -- All or nothing: a request refused by one enforced limit consumes none of the others; a
 -- shadow limit that would refuse is not counted (as it would not be if it refused), the
@@ -18,17 +21,21 @@
 -- window, the weighted count falling low enough in a sliding window counter); for GCRA, when
 -- a refused request would fit, or when an admitted one's bucket is full again.
 local configured, nonce, exact_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local lease, n = math.ceil(tonumber(ARGV[4]) * 1000), tonumber(ARGV[5])
+local lease = math.ceil(tonumber(ARGV[4]) * 1000)
+local deadline, n = tonumber(ARGV[5]), tonumber(ARGV[6])
 local peek = nonce == ''
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if deadline > 0 and now > deadline then
+  return {-1, now}
+end
 
 local limits, all_allowed = {}, 1
 for i = 1, n do
-  local amount = tonumber(ARGV[2 + 4 * i])
-  local window = tonumber(ARGV[3 + 4 * i]) * 1000
-  local cost = tonumber(ARGV[4 + 4 * i])
-  local flags = tonumber(ARGV[5 + 4 * i])
+  local amount = tonumber(ARGV[3 + 4 * i])
+  local window = tonumber(ARGV[4 + 4 * i]) * 1000
+  local cost = tonumber(ARGV[5 + 4 * i])
+  local flags = tonumber(ARGV[6 + 4 * i])
   local shadow = flags % 2 == 1
   local key = KEYS[i]
   local strategy = configured

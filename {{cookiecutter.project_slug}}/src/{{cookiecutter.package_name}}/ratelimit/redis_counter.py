@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
 
+from redis.exceptions import RedisError
+
 from ..settings import Strategy
 from .counting import Held, LimitResult, Slots
 from .rules import AppliedLimit, LimitSet
-from .storage import RedisClient, ScriptRunner
+from .storage import RedisClient, ScriptExpired, ScriptRunner
 
 CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
 SLOTS_SCRIPT = files(__package__).joinpath("slots.lua").read_text()
@@ -43,7 +45,10 @@ class RedisCounter:
         timeout: float,
         moving_window_max_hits: int,
         lease: float = 30.0,
+        deadline: float | None = None,
     ) -> None:
+        """`deadline`: how long after it was sent a call may still count (default: `timeout`)."""
+        deadline = timeout if deadline is None else deadline
         self._script = ScriptRunner(client, CHECK_SCRIPT, max_calls=max_calls, timeout=timeout)
         self._slots_script = ScriptRunner(
             client, SLOTS_SCRIPT, max_calls=max_calls, timeout=timeout
@@ -62,15 +67,31 @@ class RedisCounter:
         self._refusing: dict[tuple[str | int, ...], tuple[float, tuple[LimitResult, ...]]] = {}
         # Concurrency slots of this process's requests in flight: (key, member), to renew.
         self._in_flight: set[tuple[str, str]] = set()
+        # Releases of slots whose taking call failed, running in the background.
+        self._releasing: set[asyncio.Task[None]] = set()
+        # Redis' clock minus this process's, in ms, as small as seen (None: no call yet), and
+        # how long after its sending a call may still count (its read timeout).
+        self._clock_offset: float | None = None
+        self._deadline_ms = deadline * 1000
 
     def close(self) -> None:
         self._script.close()
         self._slots_script.close()
 
     def key(self, identity: str, limit: AppliedLimit) -> str:
-        # The subject is the hash tag: all of one caller's keys share a cluster slot.
+        """`<prefix>:{<subject>}:<algorithm>:<limit>`. The subject is the hash tag: all of one
+        caller's keys share a cluster slot. The algorithm that counts the limit is part of the
+        name, so instances running different RATELIMIT_STRATEGY values on one Redis and prefix
+        (a rolling change of the setting) count apart instead of reading each other's keys,
+        which would fail (WRONGTYPE) or misread them."""
         subject = (limit.subject or identity).replace("{", "(").replace("}", ")")
-        return self._prefix + ":{" + subject + "}:" + limit.key_suffix
+        if limit.concurrent:
+            algorithm = "concurrency"
+        elif self._strategy == "moving-window" and limit.item.amount > self._max_hits:
+            algorithm = "sliding-window-counter"  # as check.lua counts it
+        else:
+            algorithm = self._strategy
+        return self._prefix + ":{" + subject + "}:" + algorithm + ":" + limit.key_suffix
 
     def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
         if not self._refusing:  # nothing refused lately: spare building the keys twice
@@ -85,7 +106,15 @@ class RedisCounter:
         self, identity: str, limit_set: LimitSet
     ) -> tuple[tuple[LimitResult, ...], Slots | None]:
         nonce = self._nonce_prefix + str(next(self._sequence))
-        keys, results, admitted = await self._check(identity, limit_set, nonce)
+        try:
+            keys, results, admitted = await self._check(identity, limit_set, nonce)
+        except (RedisError, OSError, TimeoutError):
+            if limit_set.holds_slots:
+                # The script may have run and taken slots whose answer was lost (the connection
+                # dropped, the reply came too late): give them back rather than hold them for a
+                # lease. Members are named by the nonce, so this needs no answer.
+                self._release_lost(identity, limit_set, nonce)
+            raise
         refused = [result for result in results if not result.allowed and not result.limit.shadow]
         if refused and not any(result.limit.concurrent for result in refused):
             wall, clock = time.time(), time.monotonic()
@@ -134,6 +163,22 @@ class RedisCounter:
                         "Could not renew concurrency slots (%s: %s)", type(exc).__name__, exc
                     )
 
+    def _release_lost(self, identity: str, limit_set: LimitSet, nonce: str) -> None:
+        held = tuple(
+            (self.key(identity, limit), f"{nonce}:{index + 1}")
+            for index, limit in enumerate(limit_set.limits)
+            if limit.concurrent
+        )
+        task = asyncio.create_task(self._release_quietly(held))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_quietly(self, held: Held) -> None:
+        try:
+            await self.release(held)
+        except Exception as exc:  # Redis still away: the slots expire with their lease
+            logger.info("Concurrency slots left to expire (%s: %s)", type(exc).__name__, exc)
+
     async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:
         """check.lua with an empty nonce: it reads every counter and writes none."""
         _, results, _ = await self._check(identity, limit_set, "")
@@ -146,10 +191,30 @@ class RedisCounter:
         was admitted (no enforced limit refused it)."""
         limits = limit_set.limits
         keys = [self.key(identity, limit) for limit in limits]
+        sent = time.time() * 1000
+        # The script's deadline on Redis' clock: when this call's read times out, converted by
+        # the smallest offset seen between the clocks (a call cannot run before it is sent).
+        offset = self._clock_offset
+        deadline = 0 if offset is None else int(sent + offset + self._deadline_ms)
         reply = await self._script.call(
-            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *limit_set.script_args]
+            keys,
+            [
+                self._strategy,
+                nonce,
+                self._max_hits,
+                self._lease_arg,
+                deadline,
+                *limit_set.script_args,
+            ],
         )
         server_now, wall = reply[1], time.time()
+        seen = server_now - sent
+        if offset is None or seen < offset:
+            self._clock_offset = seen
+        else:  # creeps up, slowly, after a clock step back
+            self._clock_offset = offset + (seen - offset) / 1024
+        if reply[0] == -1:
+            raise ScriptExpired("Redis ran the call after its deadline: it counted nothing")
         results = tuple(
             LimitResult(
                 limit,

@@ -11,16 +11,57 @@ TLS, Sentinel or Cluster the calls stay on redis-py (storage.py chooses). Everyt
 Redis answers the commands of one connection in the order they were sent, so the replies are
 matched to the calls by order alone; a call whose request went away (its future cancelled)
 still has its reply read, and dropped.
+
+Timeouts measure Redis, not this process: a timer that fires late because the event loop was
+busy (a CPU-heavy request, a flood) would otherwise find no reply, although Redis answered long
+ago and the reply waits in the socket. uvloop runs due timers before it polls the sockets, so
+every timer here, when it fires, first lets the loop poll once more (`after_io`); a reply that
+was there in time is then read, and only a reply that is really missing is a timeout.
 """
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import hiredis
 from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+
+class AfterIo:
+    """A timer whose callback runs once the loop has polled its sockets after the deadline.
+
+    A late timer (the loop was busy past the deadline) must not beat the I/O that arrived in
+    time: asyncio's own loop polls before it runs due timers, uvloop (libuv) runs timers first.
+    So the timer first re-arms itself 1 ms ahead: libuv polls before a timer that is not yet
+    due runs, and asyncio's loop does anyway. The 1 ms is spent only on expiry.
+    """
+
+    __slots__ = ("_callback", "_handle", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, callback: Any) -> None:
+        self._loop, self._callback = loop, callback
+        self._handle: asyncio.TimerHandle = loop.call_later(delay, self._due)
+
+    def _due(self) -> None:
+        self._handle = self._loop.call_later(0.001, self._callback)
+
+    def cancel(self, *_: object) -> None:
+        self._handle.cancel()
+
+
+@asynccontextmanager
+async def deadline_after_io(delay: float) -> AsyncIterator[None]:
+    """asyncio.timeout(delay), except that I/O which arrived by the deadline is read first."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as bound:
+        timer = AfterIo(loop, delay, lambda: bound.reschedule(loop.time()))
+        try:
+            yield
+        finally:
+            timer.cancel()
 
 
 def _error(reply: ResponseError) -> ResponseError:
@@ -42,7 +83,7 @@ class RespChannel(asyncio.Protocol):
         """A channel to the Redis redis-py's pool would connect to with `connection` (its
         connection_kwargs), authenticated and on its database, within `connect_timeout`."""
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(connect_timeout):
+        async with deadline_after_io(connect_timeout):
             if "path" in connection:
                 _, channel = await loop.create_unix_connection(cls, connection["path"])
             else:
@@ -84,8 +125,7 @@ class RespChannel(asyncio.Protocol):
         self._waiting.extend(futures)
         if read_timeout is not None:
             # One timer for the batch (its last reply comes last), cheaper than asyncio.timeout.
-            timer = loop.call_later(read_timeout, self._timed_out)
-            futures[-1].add_done_callback(lambda _: timer.cancel())
+            futures[-1].add_done_callback(AfterIo(loop, read_timeout, self._timed_out).cancel)
         return futures
 
     def close(self) -> None:

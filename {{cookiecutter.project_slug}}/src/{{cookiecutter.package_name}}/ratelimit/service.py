@@ -23,7 +23,7 @@ from .redis_counter import RedisCounter
 from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
 from .rules import standalone_limits
 from .shedding import LoadShedder
-from .storage import LimitStorage, open_limit_storage
+from .storage import LimitStorage, check_eviction, open_limit_storage
 
 
 class RateLimiting:
@@ -47,6 +47,7 @@ class RateLimiting:
             if self.shedder is not None:  # the lag probe runs only where shedding is on
                 await background.enter_async_context(self.shedder.running())
             app.state.limit_storage = storage
+            await check_eviction(storage)
             counter = self._counter(storage)
             if isinstance(counter, RedisCounter):  # renews the leases of concurrency slots
                 background.callback(counter.close)  # last: after the renewals have stopped
@@ -78,6 +79,7 @@ class RateLimiting:
             settings.ratelimit_key_prefix,
             max_calls=settings.redis_max_connections,
             timeout=settings.redis_timeout_seconds * 4,  # a whole call, above socket timeouts
+            deadline=settings.redis_timeout_seconds,  # a call read later than this counts nothing
             moving_window_max_hits=settings.ratelimit_moving_window_max_hits,
             lease=settings.ratelimit_concurrency_lease_seconds,
         )

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -20,9 +21,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from ..observability.metrics import RATELIMIT_STORAGE_ERRORS
+from ..observability.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_MAY_EVICT, child
 from ..settings import Settings, mask_password
-from .resp import RespChannel, pack
+from .resp import RespChannel, deadline_after_io, pack
 
 logger = logging.getLogger(__name__)
 
@@ -178,14 +179,52 @@ def _direct_connection(client: RedisClient) -> dict[str, object] | None:
     return dict(pool.connection_kwargs)
 
 
+class ScriptExpired(TimeoutError):
+    """Redis ran a call after its deadline, when its caller had given up: it counted nothing."""
+
+
+# Reply errors that say the server cannot count at all right now, whatever the keys: Redis is
+# loading its data, busy in a script, a replica after a failover, a cluster without a quorum, a
+# connection no longer authenticated. Like a lost connection, they are an outage.
+SERVER_STATES = frozenset(
+    ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "NOAUTH",
+     "WRONGPASS", "NOPERM", "NOREPLICAS", "UNBLOCKED")
+)  # fmt: skip
+ErrorKind = Literal["timeout", "connection", "server", "reply"]
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """What a failed script call says of Redis (the fault model, in the README):
+
+    - timeout: no reply in time, the event loop being on time (resp.py), or a reply that said
+      the call ran too late: Redis may be stalled;
+    - connection: no connection, or one lost (after one retry): Redis is unreachable;
+    - server: a reply error about the server's state (SERVER_STATES): it cannot count now;
+    - reply: any other reply error (a script error, WRONGTYPE, a value out of range, OOM): it
+      concerns the keys of that one call, not Redis as a whole.
+    """
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ResponseError):
+        code = str(exc).split(" ", 1)[0]
+        return "server" if code in SERVER_STATES else "reply"
+    return "connection"
+
+
+def count_error(exc: BaseException) -> None:
+    child(RATELIMIT_STORAGE_ERRORS, error_kind(exc)).inc()
+
+
 class ScriptRunner:
     """Calls one Lua script by EVALSHA: the calls of one event-loop tick in one write.
 
-    Loads the script again when Redis has lost it (a restart, SCRIPT FLUSH). At most
-    `max_calls` calls (or batches) in flight; each bounded by `timeout`, above the socket
-    timeouts (connecting, NOSCRIPT reload and retries included). On a plain TCP or Unix-socket
-    Redis the calls travel on one connection of resp.py's, pipelined; otherwise on redis-py's
-    pooled connections.
+    Loads the script again when Redis has lost it (a restart, SCRIPT FLUSH). On a plain TCP or
+    Unix-socket Redis the calls travel on one connection of resp.py's, pipelined, each batch
+    bounded by the read timeout (REDIS_TIMEOUT_SECONDS) and a new connection by the connect
+    timeout: no call waits for another batch, so with Redis stalled no request waits much longer
+    than the timeout, however many arrive. Otherwise (TLS, Sentinel) on redis-py's pooled
+    connections, at most `max_calls` batches at once, each bounded by `timeout`; on a cluster
+    one call at a time.
     """
 
     def __init__(self, client: RedisClient, script: str, max_calls: int, timeout: float) -> None:
@@ -201,7 +240,7 @@ class ScriptRunner:
         self._sending: set[asyncio.Task[None]] = set()
         self._direct = _direct_connection(client)
         read_timeout = (self._direct or {}).get("socket_timeout")
-        self._read_timeout = read_timeout if isinstance(read_timeout, int | float) else None
+        self._read_timeout = read_timeout if isinstance(read_timeout, int | float) else timeout
         self._channel: RespChannel | None = None
         self._opening = asyncio.Lock()
         self._closed = False
@@ -215,7 +254,7 @@ class ScriptRunner:
     async def call(self, keys: list[str], args: ScriptArgs) -> Reply:
         if not self._pipelined:
             try:
-                async with asyncio.timeout(self._timeout), self._in_flight:
+                async with deadline_after_io(self._timeout), self._in_flight:
                     try:
                         reply: Reply = await self._client.evalsha(
                             self._sha, len(keys), *keys, *args
@@ -224,8 +263,8 @@ class ScriptRunner:
                         await self._client.script_load(self._script)
                         reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
                     return reply
-            except (RedisError, OSError, TimeoutError):
-                RATELIMIT_STORAGE_ERRORS.inc()
+            except (RedisError, OSError, TimeoutError) as exc:
+                count_error(exc)
                 raise
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
@@ -242,32 +281,50 @@ class ScriptRunner:
 
     async def _send(self, batch: list[PendingCall]) -> None:
         try:
-            async with asyncio.timeout(self._timeout), self._in_flight:
-                replies = await self._pipeline(batch)
-                if any(isinstance(reply, NoScriptError) for reply in replies):
-                    # Redis restarted or SCRIPT FLUSH: load the script again, redo those calls.
-                    await self._client.script_load(self._script)
-                    retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-                    for i, reply in zip(
-                        retry, await self._pipeline([batch[i] for i in retry]), strict=True
-                    ):
-                        replies[i] = reply
+            if self._direct is not None:
+                replies = await self._run(batch)  # bounded by resp.py's timers
+            else:
+                async with deadline_after_io(self._timeout), self._in_flight:
+                    replies = await self._run(batch)
             for (*_, future), reply in zip(batch, replies, strict=True):
                 if future.done():
                     continue  # its request was cancelled (the client went away)
                 if isinstance(reply, Exception):
+                    count_error(reply)  # that call's own error: one each
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
         except BaseException as exc:  # handed to every request still waiting on this batch
             if isinstance(exc, RedisError | OSError | TimeoutError):
-                RATELIMIT_STORAGE_ERRORS.inc()  # one failed call, however many requests wait
+                count_error(exc)  # one failed call, however many requests wait
             error = exc if isinstance(exc, Exception) else RedisConnectionError("call cancelled")
             for *_, future in batch:
                 if not future.done():
                     future.set_exception(error)
             if error is not exc:
                 raise  # cancelled (shutting down): the task itself ends cancelled
+
+    async def _run(self, batch: list[PendingCall]) -> list[Reply | ResponseError]:
+        """The batch's replies; where Redis lost the script (a restart, SCRIPT FLUSH), it is
+        loaded again and those calls redone."""
+        replies = await self._pipeline(batch)
+        retry = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if retry:
+            await self._load_script()
+            for i, reply in zip(
+                retry, await self._pipeline([batch[i] for i in retry]), strict=True
+            ):
+                replies[i] = reply
+        return replies
+
+    async def _load_script(self) -> None:
+        if self._direct is None:
+            await self._client.script_load(self._script)
+            return
+        channel = await self._open_channel()
+        (loaded,) = await self._replies(channel, [["SCRIPT", "LOAD", self._script]])
+        if isinstance(loaded, ResponseError):
+            raise loaded
 
     async def _pipeline(self, batch: list[PendingCall]) -> list[Reply | ResponseError]:
         """Every call of the batch in one write, on resp.py's connection or a pooled redis-py
@@ -298,12 +355,25 @@ class ScriptRunner:
         channel = self._channel
         if channel is None or channel.closed:
             channel = await self._open_channel()
-        # A batch cancelled here (its time is up, or the service is stopping) leaves the
-        # connection as it is: its futures are cancelled, and its replies, when they come, are
-        # read and dropped in turn. Closing it would fail the other batches on it, which Redis
-        # may have run already. A reply that does not come in time aborts it (resp.py).
+        return await self._replies(channel, commands)
+
+    async def _replies(
+        self, channel: RespChannel, commands: list[list[str | int]]
+    ) -> list[Reply | ResponseError]:
+        # A batch cancelled here (the service is stopping) leaves the connection as it is: its
+        # futures are cancelled, and its replies, when they come, are read and dropped in
+        # turn. Closing it would fail the other batches on it, which Redis may have run
+        # already. A reply that does not come in time aborts it (resp.py).
         futures = channel.send(commands, self._read_timeout)
-        return [await future for future in futures]
+        try:
+            return [await future for future in futures]
+        except BaseException:
+            for future in futures:  # they fail together: their errors are this one
+                if future.done() and not future.cancelled():
+                    future.exception()
+                else:
+                    future.add_done_callback(_retrieve)
+            raise
 
     async def _open_channel(self) -> RespChannel:
         async with self._opening:  # one connection, however many batches wait for it
@@ -335,3 +405,48 @@ class ScriptRunner:
             raise
         finally:
             await pool.release(connection)
+
+
+def _retrieve(future: "asyncio.Future[Any]") -> None:
+    """Mark a failed future's error as seen: asyncio logs "Future exception was never
+    retrieved" for each otherwise, dozens per stalled batch."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def check_eviction(storage: LimitStorage) -> None:
+    """Warn at start-up when Redis may evict the limiter's keys, and say so in a gauge.
+
+    An evicted counter is a fresh budget: a caller at 59 of 60 gets 60 more, silently. Every
+    limiter key has a TTL, so the `volatile-*` policies evict them too: only `noeviction` (or
+    a Redis of the limiter's own, sized for it) keeps counts. Read from INFO, which managed
+    Redis services allow where they deny CONFIG; when it is denied too, the warning says the
+    policy could not be checked.
+    """
+    if storage.redis is None:
+        return
+    try:
+        async with deadline_after_io(storage.timeout):
+            info = await storage.redis.info("memory")
+    except (RedisError, OSError, TimeoutError) as exc:
+        RATELIMIT_STORAGE_MAY_EVICT.set(-1)
+        logger.warning(
+            "Could not check Redis' maxmemory-policy (%s: %s): the limiter needs noeviction "
+            "(README, 'Redis for the limiter')",
+            type(exc).__name__,
+            exc,
+        )
+        return
+    # A cluster answers per node: {node: info}; any node that evicts is one too many.
+    nodes = info.values() if info and all(isinstance(v, dict) for v in info.values()) else [info]
+    policies = {str(node.get("maxmemory_policy", "unknown")) for node in nodes}
+    evicting = sorted(policies - {"noeviction"})
+    RATELIMIT_STORAGE_MAY_EVICT.set(1 if evicting else 0)
+    if evicting:
+        logger.warning(
+            "Redis evicts keys (maxmemory-policy %s, maxmemory %s): an evicted counter is a "
+            "fresh budget for its caller. Set maxmemory-policy noeviction, or give the limiter "
+            "a Redis of its own (README, 'Redis for the limiter')",
+            ", ".join(evicting),
+            ", ".join(sorted({str(node.get("maxmemory", "?")) for node in nodes})),
+        )
