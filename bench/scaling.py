@@ -113,8 +113,9 @@ def check(
     for start in range(0, calls, BATCH):
         pipe = client.pipeline(transaction=False)
         for _ in range(min(BATCH, calls - start)):
-            # strategy, nonce, exact_max, lease, n; amount, window, cost, flags (check.lua)
-            arguments = (strategy, next(nonces), exact_max, 30, 1, amount, window, 1, 0)
+            # deadline (0: none), strategy, nonce, exact_max, lease, n; amount, window, cost,
+            # flags (check.lua)
+            arguments = (0, strategy, next(nonces), exact_max, 30, 1, amount, window, 1, 0)
             pipe.evalsha(sha, 1, key, *arguments)
         admitted += sum(reply[0] for reply in pipe.execute())
     return admitted
@@ -130,7 +131,8 @@ def algorithms(bench: Bench, client: redis.Redis) -> list[dict]:
     for row_label, strategy, exact_max in STRATEGIES:
         for label, amount, window in LIMIT_SIZES:
             client.flushdb()
-            key = f"scaling:{{caller}}:plan:/v1/items:{label}"  # as RedisCounter names keys
+            # As RedisCounter names keys (the algorithm in them).
+            key = f"scaling:{{caller}}:{strategy}:plan:/v1/items:{label}"
             args = (strategy, exact_max, amount, window)
             client.config_resetstat()
             admitted = check(client, sha, key, args, amount, nonces)

@@ -1,16 +1,17 @@
 -- Decide every limit of one request in one round trip, atomically, on the Redis clock.
 --
 -- KEYS[i]   the counter of limit i (all of one caller's keys share a hash tag: one slot)
--- ARGV      strategy, nonce, exact_max, lease seconds, deadline, n, then amount, window seconds,
+-- ARGV      deadline, strategy, nonce, exact_max, lease seconds, n, then amount, window seconds,
 --           cost, flags for each of the n limits; an empty nonce is a peek: every limit's state,
 --           read only (the quota endpoint). With the moving window, a limit of more than
 --           exact_max hits is counted by the sliding window counter instead: a moving window
 --           keeps one entry per hit. Flags: 1 shadow (counted, never refusing), 2 concurrency
 --           (a sorted set of the requests in flight, by lease expiry: at most `amount`).
 -- returns   {all allowed (1/0), now ms, then per limit: allowed, remaining, reset ms}, or
---           {-1, now ms} when the call runs after its deadline (ms on this server's clock; 0:
---           none): its caller has given up on it by then (a stalled Redis runs its backlog late),
---           so it counts nothing and takes no slot, or the request would be counted twice.
+--           {-1, now ms} when the call runs after its deadline (ms on this server's clock, put
+--           there by storage.py when it writes the call; 0: none): its caller has given up on it
+--           by then (a stalled Redis runs its backlog late), so it counts nothing and takes no
+--           slot, or the request would be counted twice.
 --
 -- All or nothing: a request refused by one enforced limit consumes none of the others; a
 -- shadow limit that would refuse is not counted (as it would not be if it refused), the
@@ -20,9 +21,9 @@
 -- the limit frees capacity again (the oldest hit leaving a moving window, the end of a fixed
 -- window, the weighted count falling low enough in a sliding window counter); for GCRA, when
 -- a refused request would fit, or when an admitted one's bucket is full again.
-local configured, nonce, exact_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local lease = math.ceil(tonumber(ARGV[4]) * 1000)
-local deadline, n = tonumber(ARGV[5]), tonumber(ARGV[6])
+local deadline, configured, nonce = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local exact_max, lease = tonumber(ARGV[4]), math.ceil(tonumber(ARGV[5]) * 1000)
+local n = tonumber(ARGV[6])
 local peek = nonce == ''
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)

@@ -19,6 +19,16 @@ from .storage import RedisClient, ScriptExpired, ScriptRunner
 
 CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
 SLOTS_SCRIPT = files(__package__).joinpath("slots.lua").read_text()
+# `<prefix>:algorithm` names the algorithm of the instances counting under the prefix; an
+# instance takes it when it is free or already its own, else is told who holds it.
+CLAIM_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+# How long a claim outlives the last instance renewing it (renewed every third of it).
+ALGORITHM_CLAIM_SECONDS = 30.0
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +58,14 @@ class RedisCounter:
         deadline: float | None = None,
     ) -> None:
         """`deadline`: how long after it was sent a call may still count (default: `timeout`)."""
-        deadline = timeout if deadline is None else deadline
-        self._script = ScriptRunner(client, CHECK_SCRIPT, max_calls=max_calls, timeout=timeout)
+        self._client = client
+        self._script = ScriptRunner(
+            client,
+            CHECK_SCRIPT,
+            max_calls=max_calls,
+            timeout=timeout,
+            deadline=timeout if deadline is None else deadline,
+        )
         self._slots_script = ScriptRunner(
             client, SLOTS_SCRIPT, max_calls=max_calls, timeout=timeout
         )
@@ -69,10 +85,6 @@ class RedisCounter:
         self._in_flight: set[tuple[str, str]] = set()
         # Releases of slots whose taking call failed, running in the background.
         self._releasing: set[asyncio.Task[None]] = set()
-        # Redis' clock minus this process's, in ms, as small as seen (None: no call yet), and
-        # how long after its sending a call may still count (its read timeout).
-        self._clock_offset: float | None = None
-        self._deadline_ms = deadline * 1000
 
     def close(self) -> None:
         self._script.close()
@@ -140,14 +152,57 @@ class RedisCounter:
             members = [member for k, member in held if k == key]
             await self._slots_script.call([key], [0, *members])
 
+    @property
+    def algorithm(self) -> str:
+        """How this process counts, as instances sharing a prefix must agree on it."""
+        if self._strategy == "moving-window":  # its exact limits depend on the threshold
+            return f"moving-window, exact up to {self._max_hits} hits"
+        return self._strategy
+
+    async def claim_algorithm(self) -> str:
+        """Mark the prefix as counted with this process's algorithm for ALGORITHM_CLAIM_SECONDS
+        (renewed while it runs), unless instances counting otherwise hold it: the algorithm
+        that holds the prefix now."""
+        owner = await self._client.eval(
+            CLAIM_SCRIPT,
+            1,
+            self._prefix + ":algorithm",
+            self.algorithm,
+            int(ALGORITHM_CLAIM_SECONDS * 1000),
+        )
+        return owner.decode() if isinstance(owner, bytes) else str(owner)
+
     @asynccontextmanager
     async def keep_leases(self) -> AsyncIterator[None]:
-        """Renew the leases of this process's slots in flight, three times per lease."""
-        task = asyncio.create_task(self._renew_leases())
+        """Renew the leases of this process's slots in flight, three times per lease, and its
+        claim on the prefix's algorithm."""
+        tasks = [
+            asyncio.create_task(self._renew_leases()),
+            asyncio.create_task(self._renew_claim()),
+        ]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def _renew_claim(self) -> None:
+        said = False
+        while True:
+            await asyncio.sleep(ALGORITHM_CLAIM_SECONDS / 3)
+            try:
+                owner = await self.claim_algorithm()
+            except (RedisError, OSError, TimeoutError):  # Redis away: the policy speaks for it
+                continue
+            if owner != self.algorithm and not said:  # it started while Redis was away
+                said = True
+                logger.error(
+                    "Instances counting with %s share this Redis and RATELIMIT_KEY_PREFIX; this "
+                    "one counts with %s, apart from them: callers may get each limit twice "
+                    "(README, 'Changing the algorithm')",
+                    owner,
+                    self.algorithm,
+                )
 
     async def _renew_leases(self) -> None:
         while True:
@@ -191,28 +246,11 @@ class RedisCounter:
         was admitted (no enforced limit refused it)."""
         limits = limit_set.limits
         keys = [self.key(identity, limit) for limit in limits]
-        sent = time.time() * 1000
-        # The script's deadline on Redis' clock: when this call's read times out, converted by
-        # the smallest offset seen between the clocks (a call cannot run before it is sent).
-        offset = self._clock_offset
-        deadline = 0 if offset is None else int(sent + offset + self._deadline_ms)
+        # The runner puts the call's deadline first, when it writes the call.
         reply = await self._script.call(
-            keys,
-            [
-                self._strategy,
-                nonce,
-                self._max_hits,
-                self._lease_arg,
-                deadline,
-                *limit_set.script_args,
-            ],
+            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *limit_set.script_args]
         )
         server_now, wall = reply[1], time.time()
-        seen = server_now - sent
-        if offset is None or seen < offset:
-            self._clock_offset = seen
-        else:  # creeps up, slowly, after a clock step back
-            self._clock_offset = offset + (seen - offset) / 1024
         if reply[0] == -1:
             raise ScriptExpired("Redis ran the call after its deadline: it counted nothing")
         results = tuple(

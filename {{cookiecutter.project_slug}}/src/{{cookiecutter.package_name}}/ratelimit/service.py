@@ -5,10 +5,12 @@ unmatched paths, the caller middleware) and returns what runs with the app: at s
 refuses routes that would escape their limits, opens the limit storage and builds the check.
 """
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from redis.exceptions import RedisError
 
 from ..plans.caller import CallerResolver
 from ..plans.plan import parse_limits
@@ -24,6 +26,12 @@ from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_route
 from .rules import standalone_limits
 from .shedding import LoadShedder
 from .storage import LimitStorage, check_eviction, open_limit_storage
+
+logger = logging.getLogger(__name__)
+
+
+class StartupRefused(RuntimeError):
+    """The service cannot start as configured: one line says why."""
 
 
 class RateLimiting:
@@ -50,6 +58,11 @@ class RateLimiting:
             await check_eviction(storage)
             counter = self._counter(storage)
             if isinstance(counter, RedisCounter):  # renews the leases of concurrency slots
+                try:
+                    await claim_algorithm(counter)
+                except StartupRefused as exc:  # said by the server in one line
+                    app.state.startup_refusal = f"error: {exc}"
+                    raise
                 background.callback(counter.close)  # last: after the renewals have stopped
                 await background.enter_async_context(counter.keep_leases())
             failover = Failover(
@@ -82,6 +95,28 @@ class RateLimiting:
             deadline=settings.redis_timeout_seconds,  # a call read later than this counts nothing
             moving_window_max_hits=settings.ratelimit_moving_window_max_hits,
             lease=settings.ratelimit_concurrency_lease_seconds,
+        )
+
+
+async def claim_algorithm(counter: RedisCounter) -> None:
+    """Refuse to start where instances counting with another algorithm share the Redis and key
+    prefix: two algorithms on one prefix would each grant every limit in full (README,
+    "Changing the algorithm")."""
+    try:
+        owner = await counter.claim_algorithm()
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning(
+            "Could not check which algorithm counts under RATELIMIT_KEY_PREFIX (%s: %s)",
+            type(exc).__name__,
+            exc,
+        )
+        return
+    if owner != counter.algorithm:
+        raise StartupRefused(
+            f"RATELIMIT_STRATEGY: this instance counts with {counter.algorithm}, but instances "
+            f"counting with {owner} share its Redis and RATELIMIT_KEY_PREFIX. Stop them first, "
+            "or give this algorithm its own RATELIMIT_KEY_PREFIX (README, 'Changing the "
+            "algorithm')"
         )
 
 

@@ -5,6 +5,7 @@ its timeouts, and how script calls travel to it.
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -227,8 +228,22 @@ class ScriptRunner:
     one call at a time.
     """
 
-    def __init__(self, client: RedisClient, script: str, max_calls: int, timeout: float) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        script: str,
+        max_calls: int,
+        timeout: float,
+        deadline: float | None = None,
+    ) -> None:
+        """`deadline`: when set, every call's first script argument is the moment (ms on
+        Redis' clock) `deadline` seconds after the call is written, after which the script must
+        count nothing: its caller has given up on it by then."""
         self._client = client
+        self._deadline_ms = None if deadline is None else deadline * 1000
+        # Redis' clock minus this process's wall clock, in ms, from a TIME call (measured when
+        # a connection opens): the deadline on Redis' clock. None: not known yet, no deadline.
+        self._clock_offset: float | None = None
         self._script = script
         self._sha = hashlib.sha1(script.encode()).hexdigest()
         # redis-py refuses EVALSHA in cluster pipelines: on a cluster, each call goes alone
@@ -255,13 +270,17 @@ class ScriptRunner:
         if not self._pipelined:
             try:
                 async with deadline_after_io(self._timeout), self._in_flight:
+                    if self._deadline_ms is not None and self._clock_offset is None:
+                        await self._measure_clock()
                     try:
                         reply: Reply = await self._client.evalsha(
-                            self._sha, len(keys), *keys, *args
+                            self._sha, len(keys), *keys, *self._stamped(args)
                         )
                     except NoScriptError:
                         await self._client.script_load(self._script)
-                        reply = await self._client.evalsha(self._sha, len(keys), *keys, *args)
+                        reply = await self._client.evalsha(
+                            self._sha, len(keys), *keys, *self._stamped(args)
+                        )
                     return reply
             except (RedisError, OSError, TimeoutError) as exc:
                 count_error(exc)
@@ -272,6 +291,30 @@ class ScriptRunner:
         if len(self._pending) == 1:
             loop.call_soon(self._flush)  # after every request of this tick has queued its call
         return await future
+
+    def _stamped(self, args: ScriptArgs) -> ScriptArgs:
+        """`args` after the deadline of a call written now, where the script takes one."""
+        if self._deadline_ms is None:
+            return args
+        offset = self._clock_offset
+        deadline = 0 if offset is None else int(time.time() * 1000 + offset + self._deadline_ms)
+        return [deadline, *args]
+
+    async def _measure_clock(self) -> None:
+        """Redis' clock against ours, by one TIME call; lenient: taken from the moment the
+        call was sent, so the offset includes the way there and a deadline is never early."""
+        sent = time.time() * 1000
+        reply: Any
+        if self._direct is not None and self._channel is not None:
+            (reply,) = await self._replies(self._channel, [["TIME"]])
+        else:
+            reply = await self._client.time()
+        if isinstance(reply, dict):  # a cluster: one per node
+            reply = next(iter(reply.values()))
+        if isinstance(reply, ResponseError):
+            raise reply
+        seconds, micros = (int(part) for part in reply)
+        self._clock_offset = seconds * 1000 + micros / 1000 - sent
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -336,11 +379,11 @@ class ScriptRunner:
         section). On the pooled path the connection, its pool, AUTH/SELECT/TLS, Sentinel and
         reply parsing stay redis-py's.
         """
-        commands = [["EVALSHA", self._sha, len(keys), *keys, *args] for keys, args, _ in batch]
+        calls = [(keys, args) for keys, args, _ in batch]
         if self._direct is not None:
-            exchange = partial(self._exchange_direct, commands)
+            exchange = partial(self._exchange_direct, calls)
         else:
-            exchange = partial(self._exchange, b"".join(map(pack, commands)), len(commands))
+            exchange = partial(self._exchange, calls)
         try:
             return await exchange()
         except RedisConnectionError:
@@ -349,13 +392,20 @@ class ScriptRunner:
             # service's own making, a timeout or the shutdown, is not retried.)
             return await exchange()
 
+    def _commands(self, calls: list[tuple[list[str], ScriptArgs]]) -> list[list[str | int]]:
+        # Built when written, not when queued: a busy event loop may take a while between the
+        # two, and the deadline is the script's from its writing on.
+        return [
+            ["EVALSHA", self._sha, len(keys), *keys, *self._stamped(args)] for keys, args in calls
+        ]
+
     async def _exchange_direct(
-        self, commands: list[list[str | int]]
+        self, calls: list[tuple[list[str], ScriptArgs]]
     ) -> list[Reply | ResponseError]:
         channel = self._channel
         if channel is None or channel.closed:
             channel = await self._open_channel()
-        return await self._replies(channel, commands)
+        return await self._replies(channel, self._commands(calls))
 
     async def _replies(
         self, channel: RespChannel, commands: list[list[str | int]]
@@ -385,16 +435,23 @@ class ScriptRunner:
                 timeout = self._direct.get("socket_connect_timeout") or self._timeout
                 assert isinstance(timeout, int | float)
                 channel = self._channel = await RespChannel.open(self._direct, timeout)
+                if self._deadline_ms is not None:
+                    await self._measure_clock()
             return channel
 
-    async def _exchange(self, payload: bytes, replies: int) -> list[Reply | ResponseError]:
+    async def _exchange(
+        self, calls: list[tuple[list[str], ScriptArgs]]
+    ) -> list[Reply | ResponseError]:
         assert isinstance(self._client, Redis)  # a cluster's calls are not batched
+        if self._deadline_ms is not None and self._clock_offset is None:
+            await self._measure_clock()
         pool = self._client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated
         try:
+            payload = b"".join(map(pack, self._commands(calls)))
             await connection.send_packed_command(payload, check_health=False)
             received: list[Reply | ResponseError] = []
-            for _ in range(replies):
+            for _ in calls:
                 try:
                     received.append(await connection.read_response())
                 except ResponseError as exc:  # that call's error (NOSCRIPT); the others go on
