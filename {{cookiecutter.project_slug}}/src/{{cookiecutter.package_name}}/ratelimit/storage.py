@@ -20,7 +20,15 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_MAY_EVICT, child
 from ..settings import Settings, mask_password
@@ -207,6 +215,9 @@ def error_kind(exc: BaseException) -> ErrorKind:
     if isinstance(exc, TimeoutError):
         return "timeout"
     if isinstance(exc, ResponseError):
+        # redis-py's parser strips the code of the errors it has a class for.
+        if isinstance(exc, ReadOnlyError | NoPermissionError | ClusterDownError | TryAgainError):
+            return "server"
         code = str(exc).split(" ", 1)[0]
         return "server" if code in SERVER_STATES else "reply"
     return "connection"
