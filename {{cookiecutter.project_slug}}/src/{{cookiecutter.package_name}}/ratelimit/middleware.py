@@ -1,7 +1,8 @@
 """Who is calling, resolved before routing, by a pure ASGI middleware.
 
 A malformed, unknown or revoked key is a 401 whatever path it is sent to, a blocked key a 403
-with the reason the operator gave (`keys update --block`), and an unknown key
+with the reason the operator gave (`keys update --block`), a key of a deactivated plan a 403
+"plan inactive" (not counted as a failed authentication), and an unknown key
 while the plans database is away a 503, before any route runs; so is a WebSocket handshake
 (denied with the same answer, or closed with code 1008 by a server that cannot send one). The
 probes and the metrics scrape are passed through unresolved: they answer whatever the
@@ -32,6 +33,7 @@ from ..plans.caller import (
     BlockedKey,
     Caller,
     CallerResolver,
+    InactivePlan,
     InvalidCredentials,
     UnusableClientAddress,
     read_api_key,
@@ -84,6 +86,12 @@ class Identification:
             return await self._failed(scope, unauthorized(str(exc), path))
         except BlockedKey as exc:
             return self._blocked(scope, exc)
+        except InactivePlan as exc:
+            # A real key of a plan the operator turned off: said as it is, and not counted as
+            # a failed authentication against the address (the caller guessed nothing).
+            child(RATELIMIT_DECISIONS, exc.plan, AUTHENTICATION, "plan_inactive").inc()
+            detail = f"The plan {exc.plan!r} of this API key is inactive (plan inactive)."
+            return forbidden(detail, path)
         except UnusableClientAddress as exc:
             return bad_request(str(exc), path)
         except Unavailable as exc:

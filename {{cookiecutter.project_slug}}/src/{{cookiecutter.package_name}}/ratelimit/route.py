@@ -249,6 +249,18 @@ def _why_unlimited(app: FastAPI, route: BaseRoute) -> str | None:
     )
 
 
+def limited_templates(app: FastAPI) -> list[str]:
+    """The route templates the limiter checks: what a plan's or key's per-route limits can name."""
+    return sorted(
+        {
+            context.original_route.path_format
+            for context in iter_route_contexts(app.routes)
+            if isinstance(context.original_route, RateLimitedRoute)
+            and not is_exempt(limiter, context.original_route.endpoint)
+        }
+    )
+
+
 def check_routes(app: FastAPI) -> None:
     """Refuse to start when a route would go unlimited."""
     for context in iter_route_contexts(app.routes):
