@@ -21,7 +21,7 @@ No wrapped `send` here: the quota headers are added by the request context middl
 """
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
@@ -175,15 +175,25 @@ async def deny_websocket(response: Response, scope: Scope, receive: Receive, sen
 
 class CallerMiddleware:
     def __init__(
-        self, app: ASGIApp, identify: Identification, shedder: LoadShedder | None = None
+        self,
+        app: ASGIApp,
+        identify: Identification,
+        shedder: LoadShedder | None = None,
+        unchecked: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.identify = identify
         self.shedder = shedder  # None: load shedding is off
+        # Paths served whatever the credentials: the documentation pages, so that a client
+        # holding a wrong key (schemathesis -H "Authorization: ...") still reads the schema.
+        self.unchecked = unchecked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _one_line_refusal(scope, send))
+            return
         path = scope.get("path", "")
-        if scope["type"] == "lifespan" or not reads_credentials(path):
+        if not reads_credentials(path) or path in self.unchecked:
             await self.app(scope, receive, send)
             return
         caller = await self.identify(scope)
@@ -197,3 +207,17 @@ class CallerMiddleware:
             await refuse(shedder.shed(caller.plan.name, path), scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _one_line_refusal(scope: Scope, send: Send) -> Send:
+    """The lifespan's `send`, telling the server a start-up refusal of the limiter (a route
+    without its check, service.py) in its one line, in place of the traceback it would log."""
+
+    async def send_refusal(message: Message) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            refusal = getattr(scope["app"].state, "startup_refusal", None)
+            if refusal is not None:
+                message = {**message, "message": refusal}
+        await send(message)
+
+    return send_refusal
