@@ -30,8 +30,8 @@ FLOORS = {
     "cli": 7,
     "__main__": 8,
     # The limit grammar is the plans' (a domain type), yet settings validates limits with it:
-    # a leaf that imports nothing of the service, on the floor of settings.
-    "plans.grammar": 0,
+    # a leaf that imports nothing of the service, below settings.
+    "plans.grammar": -1,
 }
 
 

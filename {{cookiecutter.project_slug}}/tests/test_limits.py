@@ -18,8 +18,10 @@ from limits.limits import GRANULARITIES
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.plans.grammar import MAX_COST, MAX_MULTIPLES
 from {{ cookiecutter.package_name }}.ratelimit import limiter
+from {{ cookiecutter.package_name }}.ratelimit.counting import Decision, LimitResult
+from {{ cookiecutter.package_name }}.ratelimit.responses import QuotaHeaders
 from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute, documentation_paths
-from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit
+from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit, standalone_limits
 
 from .conftest import free_port, running_client, set_plan
 
@@ -326,3 +328,12 @@ def test_a_route_refused_at_start_up_is_one_line_not_a_traceback(
         "route /v1/forgotten is not rate limited: create its router with "
         "APIRouter(route_class=RateLimitedRoute), or mark it @limiter.exempt"
     )
+
+
+def test_the_remaining_quota_header_is_never_negative():
+    # Whatever a counter reports (an overdrawn window, a counter from an older release).
+    limit_set = standalone_limits("x", [parse("10/minute")])
+    result = LimitResult(limit_set.limits[0], True, -3, time.time() + 30)
+    headers = dict(QuotaHeaders(Decision(limit_set, (result,)))())
+    assert headers[b"x-ratelimit-remaining"] == b"0"
+    assert headers[b"ratelimit"].startswith(b'"x";r=0;')

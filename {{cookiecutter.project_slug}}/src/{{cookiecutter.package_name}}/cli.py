@@ -38,7 +38,8 @@ def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
         from .main import app
 
         known = limited_templates(app)
-        unknown = sorted(set(routes) - set(known))
+        # (One not even shaped as a template gets the repository's own message.)
+        unknown = sorted(route for route in routes if route.startswith("/") and route not in known)
         if unknown:
             raise ValueError(
                 f"--route {unknown[0]!r} is not a route template of this service; "
