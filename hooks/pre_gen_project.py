@@ -43,6 +43,18 @@ LIMIT_ITEM_RE = re.compile(
     r"^\s*(?P<amount>[0-9]+)\s*(?:/|\s+per\s+)\s*(?P<multiple>[0-9]+)?\s*"
     r"(?P<unit>second|minute|hour|day|month|year)s?\s*$"
 )
+# The bounds of the service's limit grammar, copied from its plans/grammar.py (which this hook
+# cannot import); a template test keeps the two equal.
+MAX_AMOUNT = 1_000_000_000
+MAX_MULTIPLES = {
+    "second": 311_040_000,
+    "minute": 5_184_000,
+    "hour": 86_400,
+    "day": 3_600,
+    "month": 120,
+    "year": 10,
+}
+MAX_WINDOW_TEXT = "10 years"
 CHOICES = {
     "python_version": ("3.11", "3.12", "3.13"),
     "ratelimit_strategy": ("moving-window", "sliding-window-counter", "fixed-window", "gcra"),
@@ -87,9 +99,13 @@ def check_limit(value: str) -> str | None:
         match = LIMIT_ITEM_RE.match(part)
         if match is None:
             return form
-        multiple = match["multiple"]
-        if int(match["amount"]) == 0 or (multiple is not None and int(multiple) == 0):
+        amount, multiple = int(match["amount"]), int(match["multiple"] or 1)
+        if amount == 0 or multiple == 0:
             return form
+        if amount > MAX_AMOUNT:
+            return f"is out of bounds: a limit allows at most {MAX_AMOUNT} hits per window"
+        if multiple > MAX_MULTIPLES[match["unit"]]:
+            return f"is out of bounds: a window is at most {MAX_WINDOW_TEXT}"
     return None
 
 

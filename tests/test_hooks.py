@@ -1,6 +1,7 @@
 """Answers: names people type become a slug, bad answers stop generation with one line naming the
 field, the questions come in the README's order, and re-baking keeps the user's .env."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from cookiecutter import prompt
 from cookiecutter.generate import generate_context
 from cookiecutter.main import cookiecutter
 
-from .conftest import TEMPLATE, bake_ok
+from .conftest import SERVICE_TEMPLATE, TEMPLATE, bake_ok
 
 BAD_ANSWERS = [  # field, answer, the start of its one-line message
     ("project_name", 'The "Best" API', """project_name: 'The "Best" API' must not contain"""),
@@ -26,6 +27,9 @@ BAD_ANSWERS = [  # field, answer, the start of its one-line message
     ("anonymous_limit", "10/0 minute", "anonymous_limit: '10/0 minute' must be one or more"),
     ("anonymous_limit", "", "anonymous_limit: '' must be one or more"),
     ("anonymous_limit", "60/minute;", "anonymous_limit: '60/minute;' must be one or more"),
+    ("anonymous_limit", "10/9999999999 years", "anonymous_limit: '10/9999999999 years' is out of bounds: a window"),
+    ("anonymous_limit", "99999999999999999999999/minute", "anonymous_limit: '99999999999999999999999/minute' is out of bounds"),
+    ("anonymous_limit", "10/11 years", "anonymous_limit: '10/11 years' is out of bounds: a window"),
 ]  # fmt: skip
 
 
@@ -78,7 +82,32 @@ def test_bad_plan_seed_fails_the_hook_naming_the_plan(cookies, capfd, plans, mes
     assert len(errors) == 1 and message in errors[0]
 
 
-@pytest.mark.parametrize("value", ["60/minute", "10 per second;1000/day", "5/2 hours, 100/day"])
+def _constants(path: Path, names: tuple[str, ...]) -> dict[str, object]:
+    """The literal values assigned to `names` at the top level of a Python file (not run)."""
+    tree = ast.parse(path.read_text())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in names:
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+    return found
+
+
+def test_the_hook_bounds_limits_as_the_service_does():
+    # The hook cannot import the service's grammar: it keeps a copy of its bounds, held equal here.
+    names = ("MAX_AMOUNT", "MAX_MULTIPLES", "MAX_WINDOW_TEXT")
+    grammar = SERVICE_TEMPLATE / "src" / "{{cookiecutter.package_name}}" / "plans" / "grammar.py"
+    service = _constants(grammar, names)
+    assert set(service) == set(names)
+    assert _constants(TEMPLATE / "hooks" / "pre_gen_project.py", names) == service
+
+
+LIMITS_AT_THE_BOUNDS = ["1000000000/10 years", "5/311040000 seconds", "1/120 months"]
+
+
+@pytest.mark.parametrize(
+    "value", ["60/minute", "10 per second;1000/day", "5/2 hours, 100/day", *LIMITS_AT_THE_BOUNDS]
+)
 def test_good_limits_are_accepted(cookies, value):
     bake_ok(cookies, {"anonymous_limit": value})
 

@@ -29,10 +29,15 @@ FLOORS = {
     "dev": 6,
     "cli": 7,
     "__main__": 8,
+    # The limit grammar is the plans' (a domain type), yet settings validates limits with it:
+    # a leaf that imports nothing of the service, below settings.
+    "plans.grammar": -1,
 }
 
 
 def _part(module: tuple[str, ...]) -> str:
+    if ".".join(module[:2]) in FLOORS:
+        return ".".join(module[:2])
     return module[0] if module else "__init__"
 
 
@@ -86,7 +91,7 @@ def test_every_part_of_the_package_has_a_floor(package_dir):
         for path in package_dir.iterdir()
         if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()
     }
-    assert parts == set(FLOORS)
+    assert parts == {part for part in FLOORS if "." not in part}
 
 
 def test_imports_run_one_way_between_the_parts_of_the_service(package_dir):

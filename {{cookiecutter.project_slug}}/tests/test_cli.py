@@ -4,6 +4,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
@@ -11,7 +12,16 @@ from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.migrations import alembic_config
 
-from .conftest import DATABASE_URL, TEST_DB_PREFIX, _admin, _url_for, free_port, run_cli
+from .conftest import (
+    DATABASE_URL,
+    TEST_DB_PREFIX,
+    _admin,
+    _asyncpg_dsn,
+    _url_for,
+    create_key,
+    free_port,
+    run_cli,
+)
 
 # The revision ids of migrations/versions/, oldest first.
 SCRIPTS = ScriptDirectory.from_config(alembic_config())
@@ -81,3 +91,120 @@ async def test_every_migration_goes_down_to_base_and_up_again(fresh_database, tm
     await asyncio.to_thread(down_and_up)  # alembic runs its own event loop for async URLs
     code, stdout, _ = await run_cli(url, "plans", "list")
     assert code == 0 and "anonymous" in stdout
+
+
+async def _execute(url: str, statement: str, *args: object) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
+    try:
+        await connection.execute(statement, *args)
+    finally:
+        await connection.close()
+
+
+def one_error_line(code: int, stderr: str) -> str:
+    """The single `error: ...` line of a refused command (exit status 2), or the test fails."""
+    assert code == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "limits,reason",
+    [
+        ("10/9999999999 years", "a window is at most 10 years"),
+        ("99999999999999999999999/minute", "a limit allows at most 1000000000 hits per window"),
+    ],
+)
+async def test_the_cli_refuses_limits_past_the_grammars_bounds(database_url, limits, reason):
+    for args in (
+        ["plans", "create", "gold", limits],
+        ["plans", "update", "pro", "--limits", limits],
+    ):
+        line = one_error_line(*(await run_cli(database_url, *args))[::2])
+        assert f"'{limits}' is out of bounds: {reason}" in line
+    code, stdout, _ = await run_cli(database_url, "plans", "list")
+    assert code == 0 and limits not in stdout and "gold" not in stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["keys", "update", "{public_id}", "--block", "abuse\x1b[2J\x1b[31mpay now"],
+        ["keys", "update", "{public_id}", "--block", "first line\nforged: line"],
+        ["keys", "create", "--plan", "pro", "--owner", "acme\x1b]0;owned\x07"],
+        ["plans", "create", "gold\r", "10/minute"],
+    ],
+    ids=["block-ansi", "block-newline", "owner-osc", "plan-name-cr"],
+)
+async def test_free_text_with_control_characters_is_refused(database_url, command):
+    key = await create_key(database_url, "pro", owner="acme")
+    args = [arg.replace("{public_id}", key.split("_")[1]) for arg in command]
+    line = one_error_line(*(await run_cli(database_url, *args))[::2])
+    assert "must not contain control characters" in line
+    assert "\x1b" not in line and "\r" not in line
+
+
+async def test_keys_list_escapes_control_characters_already_in_the_database(database_url):
+    # A row written by plain SQL before migration 0006 (or on SQLite, which has no such CHECK).
+    key = await create_key(database_url, "pro", owner="acme")
+    await _execute(
+        database_url, "ALTER TABLE api_keys DROP CONSTRAINT ck_api_keys_blocked_reason_printable"
+    )
+    await _execute(
+        database_url,
+        "UPDATE api_keys SET blocked_reason = $1 WHERE public_id = $2",
+        "abuse\x1b[31m\nforged",
+        key.split("_")[1],
+    )
+    code, stdout, stderr = await run_cli(database_url, "keys", "list")
+    assert (code, stderr) == (0, "")
+    assert "\x1b" not in stdout
+    (line,) = [line for line in stdout.splitlines() if "blocked" in line]
+    assert line.endswith("blocked: abuse\\x1b[31m\\nforged")
+
+
+async def test_the_database_refuses_control_characters_written_by_plain_sql(database_url):
+    key = await create_key(database_url, "pro", owner="acme")
+    for column in ("blocked_reason", "owner"):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await _execute(
+                database_url,
+                f"UPDATE api_keys SET {column} = $1 WHERE public_id = $2",
+                "x\x1b[31m",
+                key.split("_")[1],
+            )
+
+
+async def test_a_route_that_is_not_a_template_of_the_app_is_refused_naming_the_known_ones(
+    database_url,
+):
+    key = await create_key(database_url, "pro")
+    for args in (
+        ["plans", "create", "gold", "10/minute", "--route", "/v1/item=1/minute"],
+        ["plans", "update", "pro", "--route", "/v1/item=1/minute"],
+        ["keys", "update", key.split("_")[1], "--route", "/v1/item=1/minute"],
+    ):
+        line = one_error_line(*(await run_cli(database_url, *args))[::2])
+        assert "'/v1/item' is not a route template of this service" in line
+        known = line.partition("rate-limited routes: ")[2].split(", ")
+        assert "/v1/items" in known and "/v1/items/{item_id}" in known
+        assert "/health/live" not in known
+    code, stdout, _ = await run_cli(
+        database_url, "plans", "create", "gold", "10/minute", "--route", "/v1/items=1/minute"
+    )
+    assert code == 0 and "/v1/items=1/minute" in stdout
+
+
+async def test_a_key_cannot_be_created_on_an_inactive_plan(database_url):
+    code, stdout, _ = await run_cli(database_url, "plans", "update", "free", "--deactivate")
+    assert code == 0 and "(inactive)" in stdout
+    line = one_error_line(
+        *(await run_cli(database_url, "keys", "create", "--plan", "free", "--owner", "x"))[::2]
+    )
+    assert "plan 'free' is inactive" in line
+    code, stdout, _ = await run_cli(database_url, "keys", "list", "--plan", "free")
+    assert code == 0 and "\tx\t" not in stdout
+    await run_cli(database_url, "plans", "update", "free", "--activate")
+    code, _, _ = await run_cli(database_url, "keys", "create", "--plan", "free", "--owner", "x")
+    assert code == 0

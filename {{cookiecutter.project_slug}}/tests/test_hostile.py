@@ -14,6 +14,17 @@ from .conftest import _asyncpg_dsn, create_key, metric, running_client, set_plan
 
 GOOD_LIMITS = ["60/minute", "10 per second;1000/day", "5/2 hours, 100/day", "1/MINUTES", "7/day"]
 BAD_LIMITS = ["10/fortnight", "0/minute", "10/0 minute", "", "60/minute;", "abc", "1.5/hour"]
+# The grammar's bounds (plans/grammar.py), on both sides of each: 10 years, 10**9 hits.
+GOOD_LIMITS += ["1000000000/10 years", "1/3600 days", "5/311040000 seconds", "1/0120 months"]
+BAD_LIMITS += [
+    "10/9999999999 years",
+    "99999999999999999999999/minute",
+    "1000000001/second",
+    "10/11 years",
+    "1/3601 days",
+    "5/311040001 seconds",
+    "60/minute;1/121 months",
+]
 
 
 async def sql(url: str, statement: str, *args: object) -> None:

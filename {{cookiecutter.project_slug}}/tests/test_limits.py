@@ -1,18 +1,31 @@
 """The limits routes declare, counted in the real Redis at REDIS_URL."""
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute, iter_route_contexts
+from limits import parse
+from limits.limits import GRANULARITIES
 
 from {{ cookiecutter.package_name }}.main import create_app
+from {{ cookiecutter.package_name }}.plans.grammar import MAX_COST, MAX_MULTIPLES
 from {{ cookiecutter.package_name }}.ratelimit import limiter
-from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute
+from {{ cookiecutter.package_name }}.ratelimit.counting import Decision, LimitResult
+from {{ cookiecutter.package_name }}.ratelimit.responses import QuotaHeaders
+from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute, documentation_paths
+from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit, standalone_limits
 
-from .conftest import running_client, set_plan
+from .conftest import free_port, running_client, set_plan
+
+PACKAGE = "{{ cookiecutter.package_name }}"
 
 STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 
@@ -229,3 +242,98 @@ async def test_readiness_reports_redis(make_settings):
         response = await client.get("/health/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"redis": "ok", "database": "ok"}}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+async def test_a_limit_at_the_grammars_bounds_is_counted_with_valid_headers(
+    make_settings, database_url, strategy
+):
+    # 10**9 hits in 10 years: every count, PEXPIRE and header it leads to stays valid.
+    await set_plan(database_url, "anonymous", "1000000000/10 years")
+    async with running_client(make_settings(ratelimit_strategy=strategy)) as client:
+        answers = [await client.get("/v1/items") for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert [r.headers["x-ratelimit-remaining"] for r in answers] == ["999999999", "999999998"]
+    ten_years = 10 * 360 * 86400
+    assert time.time() < int(answers[0].headers["x-ratelimit-reset"]) <= time.time() + ten_years + 1
+
+
+def test_a_declared_limit_or_cost_past_the_grammars_bounds_is_refused():
+    window = parse("1/11 years")
+    with pytest.raises(ValueError, match="a window is at most 10 years"):
+        AppliedLimit(item=window, namespace=("route", "/x"), policy="x")
+    hits = parse("1000000001/second")
+    with pytest.raises(ValueError, match="at most 1000000000 hits"):
+        AppliedLimit(item=hits, namespace=("route", "/x"), policy="x")
+    for cost in (0, MAX_COST + 1):
+        with pytest.raises(ValueError, match="cost"):
+            AppliedLimit(item=parse("10/minute"), namespace=("route", "/x"), policy="x", cost=cost)
+    assert AppliedLimit(item=parse("10/minute"), namespace=("r",), policy="x", cost=MAX_COST)
+
+
+def test_the_bounds_are_ten_years_in_every_unit():
+    windows = {unit: MAX_MULTIPLES[unit] * GRANULARITIES[unit].GRANULARITY.seconds
+               for unit in MAX_MULTIPLES}  # fmt: skip
+    assert windows == dict.fromkeys(GRANULARITIES, 10 * 360 * 86400)
+
+
+def test_the_probes_are_routed_first_and_matching_costs_what_fastapis_does(make_settings):
+    app = create_app(make_settings())
+    paths = [context.path for context in iter_route_contexts(app.routes)]
+    api = [path for path in paths if path not in documentation_paths(app)]
+    assert api[:2] == ["/health/live", "/health/ready"]
+    # The router tries every route before the one it finds: an override of `matches` would
+    # cost every request once per route (README, Routing cost).
+    assert RateLimitedRoute.matches is APIRoute.matches
+
+
+UNLIMITED_APP = """
+from fastapi import APIRouter
+
+from {package}.main import app
+
+router = APIRouter()
+
+
+@router.get("/v1/forgotten")
+async def forgotten() -> list[str]:
+    return []
+
+
+app.include_router(router)
+"""
+
+
+def test_a_route_refused_at_start_up_is_one_line_not_a_traceback(
+    database_url, redis_url, key_prefix, tmp_path
+):
+    (tmp_path / "unlimited_app.py").write_text(UNLIMITED_APP.format(package=PACKAGE))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(tmp_path),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "RATELIMIT_KEY_PREFIX": key_prefix,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "unlimited_app:app", "--port", str(free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "File " not in done.stderr, done.stderr
+    refusals = [line for line in done.stderr.splitlines() if "/v1/forgotten" in line]
+    assert len(refusals) == 1, done.stderr
+    record = json.loads(refusals[0])  # the service's JSON log line, at error
+    assert record["level"] == "error" and record["message"] == (
+        "route /v1/forgotten is not rate limited: create its router with "
+        "APIRouter(route_class=RateLimitedRoute), or mark it @limiter.exempt"
+    )
+
+
+def test_the_remaining_quota_header_is_never_negative():
+    # Whatever a counter reports (an overdrawn window, a counter from an older release).
+    limit_set = standalone_limits("x", [parse("10/minute")])
+    result = LimitResult(limit_set.limits[0], True, -3, time.time() + 30)
+    headers = dict(QuotaHeaders(Decision(limit_set, (result,)))())
+    assert headers[b"x-ratelimit-remaining"] == b"0"
+    assert headers[b"ratelimit"].startswith(b'"x";r=0;')

@@ -31,6 +31,11 @@ BAD = {
     "sentinel-without-service": {
         "REDIS_URL": (f"redis+sentinel://:{PASSWORD}@127.0.0.1:26379", ":***@127.0.0.1:26379")
     },
+    # The one limit grammar (plans/grammar.py): refused here, not by a traceback at start-up.
+    "auth-failure-limit-zero-window": {"AUTH_FAILURE_LIMIT": ("10/0 minute", "above zero")},
+    "auth-failure-limit-past-bounds": {
+        "AUTH_FAILURE_LIMIT": ("10/9999999999 years", "out of bounds: a window is at most")
+    },
     "database-port-and-strategy": {
         "DATABASE_URL": (f"postgresql://app:{PASSWORD}@db:port/app", "app:***@db:port"),
         "RATELIMIT_STRATEGY": ("leaky", "'gcra'"),

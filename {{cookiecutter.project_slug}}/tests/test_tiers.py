@@ -2,14 +2,24 @@
 
 import asyncio
 import json
+import logging
 from importlib.resources import files
 
+import asyncpg
 import pytest
 from sqlalchemy import event
 
 from {{ cookiecutter.package_name }} import migrations
 
-from .conftest import create_key, revoke_key, run_cli, running_client, set_plan
+from .conftest import (
+    _asyncpg_dsn,
+    create_key,
+    metric,
+    revoke_key,
+    run_cli,
+    running_client,
+    set_plan,
+)
 
 
 def policy_names(response) -> list[str]:
@@ -151,6 +161,16 @@ async def test_a_bad_key_is_a_401_never_a_500(make_settings, headers):
     assert health.status_code == 200  # probes never look at credentials
 
 
+@pytest.mark.parametrize("headers", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_the_documentation_is_served_whatever_credentials_it_carries(make_settings, headers):
+    # So that `schemathesis -H "Authorization: ..."` (or /docs with a wrong key) loads the schema.
+    async with running_client(make_settings()) as client:
+        schema = await client.get("/openapi.json", headers=headers)
+        docs = await client.get("/docs", headers=headers)
+    assert schema.status_code == 200 and schema.json()["paths"]
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
 async def test_two_different_keys_in_one_request_are_refused(make_settings, database_url):
     first, second = await create_key(database_url, "free"), await create_key(database_url, "pro")
     async with running_client(make_settings()) as client:
@@ -236,3 +256,51 @@ async def test_bad_cli_input_is_one_line_and_writes_nothing(database_url, args, 
     assert code == 2
     assert stderr.strip().splitlines() == [stderr.strip()] and stderr.startswith(message)
     assert before == after and keys == ""
+
+
+async def test_a_deactivated_plans_key_gets_403_plan_inactive_and_no_failed_auth_penalty(
+    make_settings, database_url
+):
+    key = await create_key(database_url, "pro")
+    code, _, _ = await run_cli(database_url, "plans", "update", "pro", "--deactivate")
+    assert code == 0
+    settings = make_settings(auth_failure_limit="20/minute", plan_cache_ttl_seconds=0.3)
+    async with running_client(settings) as client:
+        refused = [await client.get("/v1/items", headers={"X-API-Key": key}) for _ in range(25)]
+        # Only the key's holder is told: a wrong secret with its public id is a wrong key.
+        forged = await client.get("/v1/items", headers={"X-API-Key": key[:-1] + "!"})
+        await run_cli(database_url, "plans", "update", "pro", "--activate")
+        await asyncio.sleep(0.4)
+        served = await client.get("/v1/items", headers={"X-API-Key": key})
+        scraped = (await client.get("/metrics")).text
+    assert [r.status_code for r in refused] == [403] * 25  # never 429 auth-failures
+    body = refused[-1].json()
+    assert refused[-1].headers["content-type"] == "application/problem+json"
+    assert body["status"] == 403 and "plan inactive" in body["detail"] and "'pro'" in body["detail"]
+    assert forged.status_code == 401
+    assert served.status_code == 200
+    assert metric(scraped, "ratelimit_decisions_total", plan="pro", route="<authentication>",
+                  decision="plan_inactive") >= 25  # fmt: skip
+
+
+async def test_an_inactive_anonymous_plan_is_a_503_logged_once_per_ttl_and_counted(
+    make_settings, database_url, caplog
+):
+    caplog.set_level(logging.INFO)
+    # The CLI refuses to deactivate it; plain SQL does not.
+    connection = await asyncpg.connect(_asyncpg_dsn(database_url), timeout=5)
+    try:
+        await connection.execute("UPDATE plans SET is_active = false WHERE name = 'anonymous'")
+    finally:
+        await connection.close()
+    async with running_client(make_settings(plan_cache_ttl_seconds=30)) as client:
+        scraped = (await client.get("/metrics")).text
+        before = metric(scraped, "plan_inactive_total", plan="anonymous")
+        answers = [await client.get("/v1/items") for _ in range(10)]
+        scraped = (await client.get("/metrics")).text
+        after = metric(scraped, "plan_inactive_total", plan="anonymous")
+    assert {r.status_code for r in answers} == {503}
+    assert answers[0].headers["content-type"] == "application/problem+json"
+    reports = [r for r in caplog.records if "'anonymous' plan is inactive" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].levelname == "ERROR"  # read once in the TTL
+    assert before >= 1 and after == before

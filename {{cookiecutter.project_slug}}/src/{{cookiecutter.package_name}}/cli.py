@@ -19,6 +19,7 @@ from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.cache import DATABASE_ERRORS
 from .plans.models import ApiKeyRow, PlanRow
+from .ratelimit import limited_templates
 from .settings import Settings, get_settings, settings_or_exit
 
 
@@ -31,7 +32,29 @@ def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
         if not sep:
             raise ValueError(f"--route {pair!r} must look like /v1/items=10/minute")
         routes[route] = limits
+    if routes:
+        # A template the app does not have would be stored and never apply (a typo such as
+        # /v1/item): refused, with the ones it has. The app is imported (built), not started.
+        from .main import app
+
+        known = limited_templates(app)
+        # (One not even shaped as a template gets the repository's own message.)
+        unknown = sorted(route for route in routes if route.startswith("/") and route not in known)
+        if unknown:
+            raise ValueError(
+                f"--route {unknown[0]!r} is not a route template of this service; "
+                f"rate-limited routes: {', '.join(known)}"
+            )
     return routes
+
+
+def _shown(text: object) -> str:
+    """Text from the database as a terminal may print it: control characters escaped (a row
+    written by plain SQL may hold an ANSI escape or a newline), the rest as it is."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in str(text)
+    )
 
 
 def _describe_routes(route_limits: dict[str, str] | None) -> str:
@@ -42,17 +65,20 @@ def _describe_plan(row: PlanRow) -> str:
     shadow = f" shadow:{row.shadow_limits}" if row.shadow_limits else ""
     state = "" if row.is_active else " (inactive)"
     priority = f"\tpriority {row.priority}"
-    return f"{row.name}\t{row.limits}{_describe_routes(row.route_limits)}{shadow}{priority}{state}"
+    limits = _shown(f"{row.limits}{_describe_routes(row.route_limits)}{shadow}")
+    return f"{_shown(row.name)}\t{limits}{priority}{state}"
 
 
 def _describe_key(row: ApiKeyRow) -> str:
     own = ""
     if row.limits is not None or row.route_limits:
-        own = f"\tlimits {row.limits or '(plan)'}{_describe_routes(row.route_limits)}"
-    blocked = f"\tblocked: {row.blocked_reason}" if row.blocked_reason else ""
+        own = f"\tlimits {_shown(row.limits or '(plan)')}"
+        own += _shown(_describe_routes(row.route_limits))
+    blocked = f"\tblocked: {_shown(row.blocked_reason)}" if row.blocked_reason else ""
     revoked = f"\trevoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
     created = f"{row.created_at:%Y-%m-%d}"
-    return f"{row.public_id}\t{row.plan.name}\t{row.owner}\t{created}{own}{blocked}{revoked}"
+    plan, owner = _shown(row.plan.name), _shown(row.owner)
+    return f"{row.public_id}\t{plan}\t{owner}\t{created}{own}{blocked}{revoked}"
 
 
 async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:

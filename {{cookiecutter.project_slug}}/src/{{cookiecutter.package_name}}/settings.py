@@ -11,12 +11,13 @@ from ipaddress import ip_network
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from limits import parse_many
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+
+from .plans.grammar import limit_problem
 
 # The limiting algorithms: the one list (ratelimit/memory_counters.py implements each, check.lua
 # has a branch for each, and the template's tests check its cookiecutter.json and hook agree).
@@ -27,14 +28,11 @@ Mode = Literal["enforce", "shadow"]
 
 
 def _limit_string(value: str) -> str:
-    # The grammar itself is plans/plan.py's (a layer above settings); the `limits` library it
-    # narrows is enough to refuse a malformed value at start-up, in one line.
-    try:
-        items = parse_many(value)
-    except ValueError:
-        items = []
-    if not items or any(item.amount < 1 for item in items):
-        raise ValueError("expected limits such as 20/minute or 10/second;1000/day")
+    # The one grammar of limits (plans/grammar.py, which imports nothing of the service): what
+    # passes here is what the limiter can count, so a bad value stops at settings, in one line.
+    problem = limit_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

@@ -208,6 +208,11 @@ PLAN_ERRORS = Counter(
     "Plan rows whose limits the service cannot read (reported once per plan per cache TTL)",
     ["plan"],
 )
+PLAN_INACTIVE = Counter(
+    "plan_inactive_total",
+    "The anonymous plan found inactive (by plain SQL): its callers get 503 (once per cache TTL)",
+    ["plan"],
+)
 PLAN_CACHE = Counter(
     "plan_cache_lookups_total",
     "Plan and API key lookups; stale: served past its TTL while the database was away",

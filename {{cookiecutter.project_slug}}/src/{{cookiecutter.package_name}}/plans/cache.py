@@ -23,11 +23,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..observability.metrics import PLAN_CACHE, PLAN_ERRORS, child
+from ..observability.metrics import PLAN_CACHE, PLAN_ERRORS, PLAN_INACTIVE, child
 from ..outages import Outage, Unavailable
 from . import repository
 from .models import PlanRow
-from .plan import Plan
+from .plan import ANONYMOUS, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ class KeyGrant:
     plan: Plan | None
     # Why the key is blocked (403), or None.
     blocked: str | None = None
+    # The name of the key's plan when an operator deactivated it (403 "plan inactive", not the
+    # 401 of a wrong key: the caller holds a real key), or None.
+    inactive_plan: str | None = None
 
 
 class MisconfiguredPlan(Exception):
@@ -142,6 +145,7 @@ class PlanCache:
             rows = await repository.list_plans(session)
         now = time.monotonic()
         for row in rows:
+            self._check_active(row)
             try:
                 self._plans.put(row.name, self._plan(row) if row.is_active else None, now)
             except MisconfiguredPlan as exc:
@@ -157,8 +161,10 @@ class PlanCache:
             row = await repository.find_key(session, public_id)
         if row is None:
             return None
-        if row.revoked_at is not None or not row.plan.is_active:
+        if row.revoked_at is not None:
             return KeyGrant(row.secret_hash, None)
+        if not row.plan.is_active:
+            return KeyGrant(row.secret_hash, None, inactive_plan=row.plan.name)
         plan = self._plan(row.plan)
         try:
             plan = self._kept(repository.key_plan(row, plan))
@@ -170,7 +176,20 @@ class PlanCache:
     async def _fetch_plan(self, name: str) -> Plan | None:
         async with self._sessions() as session:
             row = await repository.find_plan(session, name)
+        if row is not None:
+            self._check_active(row)
         return self._plan(row) if row is not None and row.is_active else None
+
+    def _check_active(self, row: PlanRow) -> None:
+        """Log and count an inactive anonymous plan: read once per TTL, so reported as often.
+        The CLI refuses to deactivate it; plain SQL can, and every anonymous caller gets 503."""
+        if row.name == ANONYMOUS and not row.is_active:
+            child(PLAN_INACTIVE, row.name).inc()
+            logger.error(
+                "the %r plan is inactive: every caller without an API key gets 503; "
+                "set plans.is_active back to true",
+                row.name,
+            )
 
     def _plan(self, row: PlanRow) -> Plan:
         try:

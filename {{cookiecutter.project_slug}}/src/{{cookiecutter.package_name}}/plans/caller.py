@@ -32,6 +32,15 @@ class BlockedKey(Exception):
         self.caller = caller
 
 
+class InactivePlan(Exception):
+    """The request carries a valid API key whose plan an operator deactivated (403)."""
+
+    def __init__(self, plan: str, public_id: str) -> None:
+        super().__init__(plan)
+        self.plan = plan
+        self.public_id = public_id
+
+
 class UnusableClientAddress(Exception):
     """A trusted proxy forwarded something that is not an address as the client's (400)."""
 
@@ -114,8 +123,8 @@ class CallerResolver:
     async def resolve(self, scope: Scope, raw_key: str | None) -> Caller:
         """The caller of a request carrying `raw_key` (read_api_key's), or anonymous.
 
-        Raises InvalidCredentials, BlockedKey, UnusableClientAddress, or Unavailable (plans
-        away)."""
+        Raises InvalidCredentials, BlockedKey, InactivePlan, UnusableClientAddress, or
+        Unavailable (plans away)."""
         if raw_key is None:
             plan = await self.cache.plan(ANONYMOUS)
             if plan is None:  # a database without the seeded plans: not migrated
@@ -125,7 +134,11 @@ class CallerResolver:
         if parsed is None:
             raise InvalidCredentials("malformed API key")
         grant = await self.cache.key(parsed.public_id)
-        if grant is None or not digest_matches(parsed, grant.secret_hash) or grant.plan is None:
+        if grant is None or not digest_matches(parsed, grant.secret_hash):
+            raise InvalidCredentials("unknown or revoked API key")
+        if grant.inactive_plan is not None:  # only told to a caller holding the key's secret
+            raise InactivePlan(grant.inactive_plan, parsed.public_id)
+        if grant.plan is None:
             raise InvalidCredentials("unknown or revoked API key")
         caller = Caller(identity=f"key:{parsed.public_id}", plan=grant.plan)
         if grant.blocked is not None:

@@ -1,31 +1,16 @@
 """A subscription plan as the service uses it, and the grammar of its limit strings."""
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem
+
+from .grammar import LIMITS_PATTERN, parse_limits
+
+__all__ = ["ANONYMOUS", "LIMITS_PATTERN", "Plan", "parse_limits", "parse_route_limits"]
 
 # The plan of callers without an API key, counted per client address.
 ANONYMOUS = "anonymous"
-
-# The grammar of limit strings: "60/minute", "10 per second", "5/2 hours", several joined by
-# ",", ";" or "|", amounts above zero. It is `limits.parse_many`'s (which then parses them),
-# narrowed as the cookiecutter hook narrows it, and written in the regular-expression dialect
-# Python and Postgres share: migration 0003 makes it a CHECK constraint on `plans.limits`
-# (matched case-insensitively there too), so the database refuses what the service cannot read.
-_AMOUNT = "0*[1-9][0-9]*"
-_UNIT = "(second|minute|hour|day|month|year)s?"
-_LIMIT = rf"\s*{_AMOUNT}\s*(/|\s*per\s*)\s*({_AMOUNT})?\s*{_UNIT}\s*"
-LIMITS_PATTERN = rf"^{_LIMIT}([,;|]{_LIMIT})*$"
-_LIMITS = re.compile(LIMITS_PATTERN, re.IGNORECASE)
-
-
-def parse_limits(value: str) -> tuple[RateLimitItem, ...]:
-    """Limits in `limits` syntax ("1000/minute;20000/day"); ValueError naming what is wrong."""
-    if not isinstance(value, str) or not _LIMITS.fullmatch(value):
-        raise ValueError(f"{value!r} is not a limit such as '60/minute' or '10/second;1000/day'")
-    return tuple(parse_many(value))
 
 
 def check_priority(value: int) -> int:

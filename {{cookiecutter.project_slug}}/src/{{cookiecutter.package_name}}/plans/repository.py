@@ -1,5 +1,6 @@
 """Queries on plans and API keys. The request path reaches them only through cache.py."""
 
+import unicodedata
 from datetime import UTC, datetime
 
 from sqlalchemy import select, update
@@ -26,6 +27,19 @@ def key_plan(row: ApiKeyRow, plan: Plan) -> Plan:
         return plan
     limits = parse_limits(row.limits) if row.limits is not None else None
     return plan.with_key_limits(row.public_id, limits, parse_route_limits(row.route_limits or {}))
+
+
+def printable(value: str, what: str) -> str:
+    """`value` when it has no control or format characters; ValueError naming `what` otherwise.
+
+    Free text the CLI stores is printed again (`keys list`) and, for a block's reason, sent to
+    clients: a newline or an ANSI escape in it would rewrite an operator's terminal or a log.
+    """
+    bad = sorted({char for char in value if unicodedata.category(char) in ("Cc", "Cf")})
+    if bad:
+        shown = ", ".join(f"U+{ord(char):04X}" for char in bad)
+        raise ValueError(f"{what} must not contain control characters ({shown})")
+    return value
 
 
 def _shadow_limits(value: str) -> str | None:
@@ -67,6 +81,7 @@ async def create_plan(
     parse_route_limits(route_limits or {})
     shadow = _shadow_limits(shadow_limits or "")
     check_priority(priority)
+    printable(name, "a plan's name")
     if await find_plan(session, name) is not None:
         raise ValueError(f"a plan named {name!r} already exists")
     row = PlanRow(
@@ -116,6 +131,12 @@ async def create_key(session: AsyncSession, plan_name: str, owner: str) -> tuple
     if plan_name == ANONYMOUS:
         raise ValueError("keys cannot be issued on the anonymous plan")
     plan = await get_plan(session, plan_name)
+    if not plan.is_active:
+        raise ValueError(
+            f"plan {plan_name!r} is inactive: its keys would be refused (403); "
+            f"activate it first (plans update {plan_name} --activate)"
+        )
+    printable(owner, "the owner")
     key, public_id = generate_key()
     row = ApiKeyRow(public_id=public_id, secret_hash=hash_key(key), plan=plan, owner=owner)
     session.add(row)
@@ -168,6 +189,7 @@ async def update_key(
         reason = blocked_reason.strip()
         if not reason or len(reason) > 200:
             raise ValueError("the reason for a block is shown to the client: 1 to 200 characters")
+        printable(reason, "the reason for a block")
         row.blocked_reason = reason
     await session.flush()
     return row

@@ -19,6 +19,7 @@ with one call, `install(app, settings, resolver)`.
 """
 
 from .limiter import limiter
+from .route import limited_templates
 from .service import install
 
-__all__ = ["install", "limiter"]
+__all__ = ["install", "limited_templates", "limiter"]

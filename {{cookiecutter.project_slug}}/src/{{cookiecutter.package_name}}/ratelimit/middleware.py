@@ -1,7 +1,8 @@
 """Who is calling, resolved before routing, by a pure ASGI middleware.
 
 A malformed, unknown or revoked key is a 401 whatever path it is sent to, a blocked key a 403
-with the reason the operator gave (`keys update --block`), and an unknown key
+with the reason the operator gave (`keys update --block`), a key of a deactivated plan a 403
+"plan inactive" (not counted as a failed authentication), and an unknown key
 while the plans database is away a 503, before any route runs; so is a WebSocket handshake
 (denied with the same answer, or closed with code 1008 by a server that cannot send one). The
 probes and the metrics scrape are passed through unresolved: they answer whatever the
@@ -20,7 +21,7 @@ No wrapped `send` here: the quota headers are added by the request context middl
 """
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
@@ -32,6 +33,7 @@ from ..plans.caller import (
     BlockedKey,
     Caller,
     CallerResolver,
+    InactivePlan,
     InvalidCredentials,
     UnusableClientAddress,
     read_api_key,
@@ -84,6 +86,12 @@ class Identification:
             return await self._failed(scope, unauthorized(str(exc), path))
         except BlockedKey as exc:
             return self._blocked(scope, exc)
+        except InactivePlan as exc:
+            # A real key of a plan the operator turned off: said as it is, and not counted as
+            # a failed authentication against the address (the caller guessed nothing).
+            child(RATELIMIT_DECISIONS, exc.plan, AUTHENTICATION, "plan_inactive").inc()
+            detail = f"The plan {exc.plan!r} of this API key is inactive (plan inactive)."
+            return forbidden(detail, path)
         except UnusableClientAddress as exc:
             return bad_request(str(exc), path)
         except Unavailable as exc:
@@ -167,15 +175,25 @@ async def deny_websocket(response: Response, scope: Scope, receive: Receive, sen
 
 class CallerMiddleware:
     def __init__(
-        self, app: ASGIApp, identify: Identification, shedder: LoadShedder | None = None
+        self,
+        app: ASGIApp,
+        identify: Identification,
+        shedder: LoadShedder | None = None,
+        unchecked: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.identify = identify
         self.shedder = shedder  # None: load shedding is off
+        # Paths served whatever the credentials: the documentation pages, so that a client
+        # holding a wrong key (schemathesis -H "Authorization: ...") still reads the schema.
+        self.unchecked = unchecked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _one_line_refusal(scope, send))
+            return
         path = scope.get("path", "")
-        if scope["type"] == "lifespan" or not reads_credentials(path):
+        if not reads_credentials(path) or path in self.unchecked:
             await self.app(scope, receive, send)
             return
         caller = await self.identify(scope)
@@ -189,3 +207,17 @@ class CallerMiddleware:
             await refuse(shedder.shed(caller.plan.name, path), scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _one_line_refusal(scope: Scope, send: Send) -> Send:
+    """The lifespan's `send`, telling the server a start-up refusal of the limiter (a route
+    without its check, service.py) in its one line, in place of the traceback it would log."""
+
+    async def send_refusal(message: Message) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            refusal = getattr(scope["app"].state, "startup_refusal", None)
+            if refusal is not None:
+                message = {**message, "message": refusal}
+        await send(message)
+
+    return send_refusal

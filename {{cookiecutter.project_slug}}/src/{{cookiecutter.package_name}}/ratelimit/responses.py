@@ -59,7 +59,8 @@ class QuotaHeaders:
         decision = self.decision
         binding = decision.binding
         assert binding is not None  # the check leaves no quota headers without one
-        limit, remaining = binding.limit, binding.remaining
+        # Never negative, whatever a counter says (a header a client parses as unsigned).
+        limit, remaining = binding.limit, max(binding.remaining, 0)
         reset_in = max(0, math.ceil(binding.reset_at - now))
         headers = [
             (b"x-ratelimit-limit", b"%d" % limit.item.amount),

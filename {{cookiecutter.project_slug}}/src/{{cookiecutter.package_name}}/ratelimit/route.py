@@ -37,7 +37,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, Mount, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..observability.logs import hashed, request_id_var
@@ -165,13 +165,10 @@ class RateLimitedRoute(APIRoute):
         methods = self.methods or ()
         return scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in methods
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        # FastAPI's routes answer 405 to HEAD where Starlette's answer it as a GET without body.
-        match, child_scope = super().matches(scope)
-        if match is Match.PARTIAL and self._answers_head(scope):
-            match = Match.FULL
-        return match, child_scope
-
+    # No `matches` of its own: the router tries every route before the one it finds, so an
+    # override would cost every request once per route (README, Routing cost). HEAD on a GET
+    # route is a partial match (405 in FastAPI, a GET without body in Starlette): the router
+    # hands it to handle() below when no route matches fully, and handle() serves it as GET.
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             if self._answers_head(scope):
@@ -216,6 +213,16 @@ def exempt_app(app: ASGIApp) -> ASGIApp:
     return app
 
 
+class UnlimitedRoute(TypeError):
+    """A route that would be served without the check: the app refuses to start."""
+
+
+def documentation_paths(app: FastAPI) -> frozenset[str]:
+    """FastAPI's own documentation pages: served without limits, whatever the credentials."""
+    paths = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    return frozenset(path for path in paths if path)
+
+
 def _why_unlimited(app: FastAPI, route: BaseRoute) -> str | None:
     """Why this route would be served without the check, or None when it is not."""
     if isinstance(route, RateLimitedRoute):
@@ -235,9 +242,8 @@ def _why_unlimited(app: FastAPI, route: BaseRoute) -> str | None:
             "is a mounted app, which the limiter cannot check: include its routes as a router, "
             "or mount exempt_app(...) to serve it without limits"
         )
-    path = getattr(route, "path", None)
-    if path in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url):
-        return None  # FastAPI's own documentation pages
+    if getattr(route, "path", None) in documentation_paths(app):
+        return None
     if isinstance(route, WebSocketRoute):
         return (
             "is a WebSocket route, which the limiter cannot check: mark its endpoint "
@@ -249,9 +255,21 @@ def _why_unlimited(app: FastAPI, route: BaseRoute) -> str | None:
     )
 
 
+def limited_templates(app: FastAPI) -> list[str]:
+    """The route templates the limiter checks: what a plan's or key's per-route limits can name."""
+    return sorted(
+        {
+            context.original_route.path_format
+            for context in iter_route_contexts(app.routes)
+            if isinstance(context.original_route, RateLimitedRoute)
+            and not is_exempt(limiter, context.original_route.endpoint)
+        }
+    )
+
+
 def check_routes(app: FastAPI) -> None:
     """Refuse to start when a route would go unlimited."""
     for context in iter_route_contexts(app.routes):
         reason = _why_unlimited(app, context.original_route)
         if reason is not None:
-            raise TypeError(f"route {context.path} {reason}")
+            raise UnlimitedRoute(f"route {context.path} {reason}")

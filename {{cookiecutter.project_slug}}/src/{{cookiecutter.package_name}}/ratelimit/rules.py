@@ -27,6 +27,7 @@ from slowapi import Limiter
 from slowapi.wrappers import Limit
 from starlette.requests import Request
 
+from ..plans.grammar import bounds_problem, check_cost
 from ..plans.plan import Plan
 from .limiter import DeclarationsLimiter, caller_key, endpoint_name, is_shadow
 
@@ -54,6 +55,12 @@ class AppliedLimit:
 
     def __post_init__(self) -> None:
         item = self.item
+        # A declared limit is parsed by slowapi, not by the plans' grammar: bound it here too,
+        # so that no count, window or header it leads to overflows.
+        problem = bounds_problem(item.amount, item.multiples, item.GRANULARITY.name)
+        if problem is not None:
+            raise ValueError(f"limit {item}: {problem}")
+        check_cost(self.cost)
         if self.concurrent:
             window, text = f"in-flight{item.amount}", f"{item.amount} concurrent requests"
         else:

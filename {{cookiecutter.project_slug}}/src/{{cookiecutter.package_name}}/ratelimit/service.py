@@ -22,7 +22,14 @@ from .memory_counters import memory_counter
 from .middleware import CallerMiddleware, Identification
 from .openapi import install_openapi
 from .redis_counter import RedisCounter
-from .route import RateLimitCheck, RateLimitedRoute, UnmatchedPaths, check_routes
+from .route import (
+    RateLimitCheck,
+    RateLimitedRoute,
+    UnlimitedRoute,
+    UnmatchedPaths,
+    check_routes,
+    documentation_paths,
+)
 from .rules import standalone_limits
 from .shedding import LoadShedder
 from .storage import LimitStorage, check_eviction, open_limit_storage
@@ -50,7 +57,13 @@ class RateLimiting:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         app, settings = self.app, self.settings
-        check_routes(app)  # routers included after create_app too
+        try:
+            check_routes(app)  # routers included after create_app too
+        except UnlimitedRoute as exc:
+            # Said by the server in one line, as a bad setting is (CallerMiddleware), instead of
+            # the traceback it would print.
+            app.state.startup_refusal = str(exc)
+            raise
         async with open_limit_storage(settings) as storage, AsyncExitStack() as background:
             if self.shedder is not None:  # the lag probe runs only where shedding is on
                 await background.enter_async_context(self.shedder.running())
@@ -132,7 +145,9 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
     shedder = LoadShedder.from_settings(settings)
     # Added first, so it runs last of the middleware, inside the request context (401s carry
     # the request id and CORS headers).
-    app.add_middleware(CallerMiddleware, identify=identify, shedder=shedder)
+    app.add_middleware(
+        CallerMiddleware, identify=identify, shedder=shedder, unchecked=documentation_paths(app)
+    )
     # /openapi.json documents what the limiter answers, built once, on its first request.
     install_openapi(app, settings)
     return RateLimiting(app, settings, identify, shedder)

@@ -102,7 +102,7 @@ async def rate_limit(request: Request) -> RateLimitStatus | Response:
                 route=result.limit.namespace[1],
                 policy=result.limit.policy,
                 limit=result.limit.item.amount,
-                remaining=result.remaining,
+                remaining=max(result.remaining, 0),
                 reset=math.ceil(result.reset_at),
                 window=result.limit.window_seconds,
                 shadow=result.limit.shadow,

@@ -16,12 +16,18 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from {{ cookiecutter.package_name }}.plans.plan import LIMITS_PATTERN
-
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# The grammar as it was at this revision (migration 0006 bounds it): a migration keeps
+# doing what it did, whatever the code becomes.
+LIMITS_PATTERN = (
+    r"^\s*0*[1-9][0-9]*\s*(/|\s*per\s*)\s*(0*[1-9][0-9]*)?\s*(second|minute|hour|day|month|year)s?"
+    r"\s*([,;|]\s*0*[1-9][0-9]*\s*(/|\s*per\s*)\s*(0*[1-9][0-9]*)?\s*"
+    r"(second|minute|hour|day|month|year)s?\s*)*$"
+)
 
 CONSTRAINT = "ck_plans_limits_grammar"
 

@@ -1,0 +1,69 @@
+"""What finding a route costs with many routes: FastAPI's own route class against the service's.
+
+    <baked project>/.venv/bin/python bench/route_matching.py [--package rate_limited_service]
+
+Run it with the Python of a baked service (its package importable). Routing is a linear scan:
+a request for the last of 200 routes tries every route before it, so the per-route cost of
+`matches` is what a large API pays on every request. Timed on `route.matches` alone, as the
+router calls it, for the first and the last of 200 `GET /v1/r<i>/{item_id}` routes, with
+FastAPI's `APIRoute` and with the service's `RateLimitedRoute`; best of 7 rounds. Not a test:
+it measures. Figures go to the README's "Routing cost" table.
+"""
+
+import argparse
+import importlib
+import timeit
+
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
+from starlette.routing import Match
+
+ROUTES = 200
+
+
+def app_with(route_class: type[APIRoute]) -> FastAPI:
+    app = FastAPI()
+    router = APIRouter(route_class=route_class)
+    for i in range(ROUTES):
+
+        async def endpoint(item_id: int) -> dict[str, int]:
+            return {"id": item_id}
+
+        router.add_api_route(f"/v1/r{i}/{{item_id}}", endpoint, methods=["GET"])
+    app.include_router(router)
+    return app
+
+
+def lookup_microseconds(app: FastAPI, path: str) -> float:
+    # The app's top-level routes, as its router tries them (FastAPI's documentation pages,
+    # then the included router, which tries its own routes in turn).
+    routes = app.router.routes
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "headers": []}
+
+    def find() -> None:
+        for route in routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return
+        raise AssertionError(f"no route for {path}")
+
+    number = 2000
+    return min(timeit.repeat(find, number=number, repeat=7)) / number * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--package", default="rate_limited_service")
+    args = parser.parse_args()
+    route_class = importlib.import_module(f"{args.package}.ratelimit.route").RateLimitedRoute
+    print(f"{'route class':<20}{'first (µs)':>12}{'last of 200 (µs)':>18}{'per route (µs)':>16}")
+    for name, cls in (("APIRoute", APIRoute), ("RateLimitedRoute", route_class)):
+        app = app_with(cls)
+        first = lookup_microseconds(app, "/v1/r0/7")
+        last = lookup_microseconds(app, f"/v1/r{ROUTES - 1}/7")
+        per_route = (last - first) / (ROUTES - 1)
+        print(f"{name:<20}{first:>12.2f}{last:>18.1f}{per_route:>16.3f}")
+
+
+if __name__ == "__main__":
+    main()
