@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -150,6 +152,28 @@ async def test_a_second_algorithm_on_the_same_prefix_is_refused_at_start_up(make
             shared = (await second.get("/v1/items")).status_code
     assert answers == [200] * 5 + [429]
     assert shared == 429
+
+
+def test_a_second_algorithm_is_refused_by_the_server_in_one_line(
+    start_uvicorn, database_url, redis_url, key_prefix
+):
+    settings = {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    start_uvicorn(RATELIMIT_KEY_PREFIX=key_prefix, RATELIMIT_STRATEGY="moving-window", **settings)
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
+         "--port", str(free_port())],
+        env={**os.environ, **settings, "RATELIMIT_KEY_PREFIX": key_prefix,
+             "RATELIMIT_STRATEGY": "gcra"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr and "File " not in done.stderr, done.stderr
+    refusals = [line for line in done.stderr.splitlines() if "RATELIMIT_STRATEGY" in line]
+    assert len(refusals) == 1, done.stderr
+    assert json.loads(refusals[0])["message"].startswith(
+        "RATELIMIT_STRATEGY: this instance counts with gcra, but instances counting with "
+        "moving-window"
+    )
 
 
 async def test_counter_keys_name_their_algorithm(make_settings, redis_url, key_prefix):

@@ -73,8 +73,8 @@ class RateLimiting:
             if isinstance(counter, RedisCounter):  # renews the leases of concurrency slots
                 try:
                     await claim_algorithm(counter)
-                except StartupRefused as exc:  # said by the server in one line
-                    app.state.startup_refusal = f"error: {exc}"
+                except StartupRefused as exc:  # said by the server in one line, as above
+                    app.state.startup_refusal = str(exc)
                     raise
                 background.callback(counter.close)  # last: after the renewals have stopped
                 await background.enter_async_context(counter.keep_leases())

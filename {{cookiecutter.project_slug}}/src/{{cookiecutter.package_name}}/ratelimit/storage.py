@@ -19,7 +19,6 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     ClusterDownError,
     NoPermissionError,
@@ -29,6 +28,7 @@ from redis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..observability.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_MAY_EVICT, child
 from ..settings import Settings, mask_password
