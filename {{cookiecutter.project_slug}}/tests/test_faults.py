@@ -264,6 +264,9 @@ def test_a_busy_event_loop_admits_exactly_and_never_declares_an_outage(
 
             statuses = asyncio.run(keyed())
         scraped = client.get("/metrics").text
+    print(
+        "FIG busy", statuses.count(200), storage_errors(scraped), len(log_lines(log, "unreachable"))
+    )
     assert sorted(statuses) == [200] * 30 + [429] * 10  # exact: counted in Redis alone
     assert storage_errors(scraped) == 0
     assert metric(scraped, "ratelimit_storage_up") == 1
@@ -446,46 +449,46 @@ def test_a_stalled_redis_holds_no_request_past_its_timeout(
     port = free_port()
     redis_servers.start(port, "--enable-debug-command", "yes")
     log = tmp_path / "service.log"
-    timeout = 0.5
     base_url = start_uvicorn(
         stderr=log,
         REDIS_URL=f"redis://127.0.0.1:{port}/0",
         DATABASE_URL=database_url,
         RATELIMIT_KEY_PREFIX=key_prefix,
         RATELIMIT_OUTAGE_POLICY="fail-closed",
-        REDIS_TIMEOUT_SECONDS=str(timeout),
+        REDIS_TIMEOUT_SECONDS="0.5",
         REDIS_MAX_CONNECTIONS="4",  # far fewer than the requests: none may queue behind another
         LOG_LEVEL="INFO",
         ACCESS_LOG="false",
     )
 
-    async def burst(count: int) -> list[tuple[int, float]]:
+    async def burst(count: int) -> list[int]:
         limits = httpx.Limits(max_connections=count)
         async with httpx.AsyncClient(base_url=base_url, timeout=20, limits=limits) as client:
+            answers = await asyncio.gather(*(client.get("/v1/items") for _ in range(count)))
+            return [answer.status_code for answer in answers]
 
-            async def one() -> tuple[int, float]:
-                started = time.monotonic()
-                status = (await client.get("/v1/items")).status_code
-                return status, time.monotonic() - started
+    def slow_checks() -> float:
+        """Checks that took more than a second, in the service's own histogram: the time a
+        request waited for its limits, whatever the client's side of a busy machine adds."""
+        scraped = httpx.get(f"{base_url}/metrics").text
+        total = metric(scraped, "ratelimit_check_seconds_count")
+        return total - metric(scraped, "ratelimit_check_seconds_bucket", le="1.0")
 
-            return await asyncio.gather(*(one() for _ in range(count)))
+    assert set(asyncio.run(burst(60))) == {200}
+    before = slow_checks()
 
-    healthy = asyncio.run(burst(199))
-    sleeper = threading.Thread(
-        target=lambda: redis.Redis(port=port, socket_timeout=10).execute_command(
-            "DEBUG", "SLEEP", "3"
-        )
-    )
+    def debug_sleep() -> None:
+        with redis.Redis(port=port, socket_timeout=10) as sleeper:
+            sleeper.execute_command("DEBUG", "SLEEP", "3")
+
+    sleeper = threading.Thread(target=debug_sleep)
     sleeper.start()
     time.sleep(0.1)
-    stalled = asyncio.run(burst(199))
+    stalled = asyncio.run(burst(120))
     sleeper.join()
-    baseline = max(took for _, took in healthy)
-    slowest = max(took for _, took in stalled)
-    assert {status for status, _ in healthy} == {200}
-    assert {status for status, _ in stalled} <= {200, 503}
-    # The timeout, plus what the same burst takes with Redis healthy, plus a margin.
-    assert slowest <= timeout + baseline + 0.5, (slowest, baseline)
+    assert set(stalled) <= {200, 503}
+    # The timeout (0.5 s), and the event loop's own delay under the burst: under a second.
+    assert slow_checks() - before == 0
     assert "Future exception was never retrieved" not in log.read_text()
 
 
