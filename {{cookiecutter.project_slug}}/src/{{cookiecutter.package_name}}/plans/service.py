@@ -27,26 +27,27 @@ class PlanService:
         )
         self.resolver = CallerResolver(self.cache, settings.anonymous_ipv6_prefix_length)
 
-    async def _warn_if_schema_behind(self) -> None:
+    async def _warn_if_schema_behind(self) -> bool:
         """New code started before `db upgrade` runs: said once, at start-up (and by
         /health/ready until the upgrade), rather than found in the 503s of keyed callers."""
         try:
             async with asyncio.timeout(self.timeout), self.engine.connect() as connection:
                 behind = await schema_behind(connection)
         except DATABASE_ERRORS:
-            return  # the cache retries; readiness reports the database
+            return False  # the preload says so; readiness reports the database
         if behind is not None:
             logger.warning("Plans database %s (README, Upgrading)", behind)
+        return behind is not None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Plans read before the first request; the engine's connections closed at the end."""
+        behind = await self._warn_if_schema_behind()
         try:
             await self.cache.preload()
         except DATABASE_ERRORS as exc:
-            logger.warning("Plans database unreachable at start-up (%s); will retry", exc)
-        else:
-            await self._warn_if_schema_behind()
+            if not behind:  # else the failure is the schema's, said once above
+                logger.warning("Plans database unreachable at start-up (%s); will retry", exc)
         try:
             yield
         finally:
