@@ -221,3 +221,28 @@ def test_each_metric_is_exposed_exactly_as_prometheus_client_exposes_it(name, mo
                 else:
                     one.set(amount)
     assert prometheus_client.generate_latest(ours) == prometheus_client.generate_latest(theirs)
+
+
+async def test_documentation_pages_and_answers_before_routing_are_counted_under_their_route(
+    make_settings,
+):
+    async with running_client(make_settings()) as client:
+        before = (await client.get("/metrics")).text
+        await client.get("/openapi.json")
+        await client.get("/docs")
+        await client.get("/v1/items/3", headers={"X-API-Key": "not-a-key"})  # 401 before routing
+        await client.get("/no/such/path")
+        scraped = (await client.get("/metrics")).text
+    for route, status in [
+        ("/openapi.json", "200"),
+        ("/docs", "200"),
+        ("/v1/items/{item_id}", "401"),
+        ("<unmatched>", "404"),
+    ]:
+        labels = {"method": "GET", "route": route, "status": status}
+        counted = metric(scraped, "http_requests_total", **labels)
+        assert counted - metric(before, "http_requests_total", **labels) == 1, route
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "200"}
+    assert metric(scraped, "http_requests_total", **unmatched) == metric(
+        before, "http_requests_total", **unmatched
+    )
