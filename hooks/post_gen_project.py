@@ -22,19 +22,41 @@ def write_env_file() -> None:
     """Copy .env.example to .env with every secret placeholder replaced by a fresh random value.
 
     An existing .env is the user's (re-baking with -f or --replay lands here): its secrets already
-    live in a database volume and it may hold lines of their own, so it is never rewritten.
+    live in a database volume and it may hold lines of their own, so it is never rewritten; a
+    secret it lacks (one a newer template added, such as LOG_CLIENT_KEY) is appended to it.
     """
     env_file = PROJECT / ".env"
+    example = [fill_secrets(line) for line in (PROJECT / ".env.example").read_text().splitlines()]
     if env_file.exists():
+        append_missing_secrets(env_file, example)
         print("kept the existing .env; compare it with .env.example for new keys", file=sys.stderr)
         return
-    lines = []
-    for line in (PROJECT / ".env.example").read_text().splitlines():
-        while SECRET_PLACEHOLDER in line:
-            line = line.replace(SECRET_PLACEHOLDER, secrets.token_urlsafe(32), 1)
-        lines.append(line)
-    env_file.write_text("\n".join(lines) + "\n")
+    env_file.write_text("\n".join(example) + "\n")
     env_file.chmod(0o600)
+
+
+def fill_secrets(line: str) -> str:
+    while SECRET_PLACEHOLDER in line:
+        line = line.replace(SECRET_PLACEHOLDER, secrets.token_urlsafe(32), 1)
+    return line
+
+
+def append_missing_secrets(env_file: Path, example: list[str]) -> None:
+    """Add to an existing .env each generated secret whose variable it does not set."""
+    raw_example = (PROJECT / ".env.example").read_text().splitlines()
+    present = {line.split("=", 1)[0].strip() for line in env_file.read_text().splitlines()}
+    missing = [
+        filled
+        for raw, filled in zip(raw_example, example, strict=True)
+        if SECRET_PLACEHOLDER in raw and raw.split("=", 1)[0].strip() not in present
+    ]
+    if missing:
+        text = env_file.read_text()
+        separator = "" if text.endswith("\n") or not text else "\n"
+        with env_file.open("a") as env:
+            env.write(separator + "".join(f"{line}\n" for line in missing))
+        names = ", ".join(line.split("=", 1)[0] for line in missing)
+        print(f"added a generated {names} to the existing .env", file=sys.stderr)
 
 
 def main() -> None:

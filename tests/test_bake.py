@@ -101,8 +101,9 @@ def test_no_placeholder_secrets(baked):
             assert "changethis" not in text, path
             if path.name == ".env":
                 assert "__generate_secret__" not in text
-                password = re.search(r"^POSTGRES_PASSWORD=(.+)$", text, re.M | re.I)
-                assert password and len(password[1]) >= 40
+                for secret in ("POSTGRES_PASSWORD", "LOG_CLIENT_KEY"):
+                    value = re.search(rf"^{secret}=(.+)$", text, re.M | re.I)
+                    assert value and len(value[1]) >= 40, secret
 
 
 def assert_valid(project: Path, schema: str, file: str) -> None:

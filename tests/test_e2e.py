@@ -105,15 +105,50 @@ def served_by(stack: Stack, source_ip: str) -> Counter:
     return Counter(m[2] for line in stack.upstream_log() if (m := pattern.match(line)))
 
 
-def test_health_through_nginx_is_never_limited(stack):
-    async def probe():
-        async with client("127.0.0.10") as http:
-            return await asyncio.gather(
-                *(http.get(f"{stack.nginx_url}/health/{kind}") for kind in ["live", "ready"] * 100)
-            )
+def test_liveness_through_nginx_answers_a_monitor_and_guards_against_a_flood(stack):
+    # A monitor's pace (and the burst a few monitors sharing an address make) is never refused.
+    monitor = burst(f"{stack.nginx_url}/health/live", "127.0.0.10", count=20)
+    assert Counter(r.status_code for r in monitor) == {200: 20}
+    time.sleep(1)
+    flood = burst(f"{stack.nginx_url}/health/live", "127.0.0.11", count=200)
+    statuses = Counter(r.status_code for r in flood)
+    assert set(statuses) == {200, 429} and statuses[200] <= 25, statuses
+    refused = next(r for r in flood if r.status_code == 429)
+    assert refused.headers["content-type"] == "application/problem+json"
 
-    responses = asyncio.run(probe())
-    assert Counter(r.status_code for r in responses) == {200: 200}
+
+def test_readiness_is_not_public_and_a_flood_of_it_never_reaches_the_app(stack):
+    async def flood() -> list[httpx.Response]:
+        async with client("127.0.0.12") as http:
+            urls = [f"{stack.nginx_url}/health/ready", f"{stack.nginx_url}/health/ready/"]
+            return await asyncio.gather(*(http.get(urls[n % 2]) for n in range(400)))
+
+    with httpx.Client() as direct:  # the orchestrator asks an instance on its own port
+        before = [direct.get(f"{url}/metrics").text for url in stack.app_urls]
+        responses = asyncio.run(flood())
+        own_probe = direct.get(f"{stack.app_urls[0]}/health/ready")
+        after = [direct.get(f"{url}/metrics").text for url in stack.app_urls]
+    assert Counter(r.status_code for r in responses) == {404: 400}
+    assert responses[0].headers["content-type"] == "application/problem+json"
+    assert served_by(stack, "127.0.0.12") == {"-": 400}  # nginx answered every one itself
+    assert own_probe.status_code == 200 and own_probe.json()["checks"]["redis"] == "ok"
+    probes = 'http_requests_total{method="GET",route="/health/ready",status="200"}'
+
+    def answered(text: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(probes))
+
+    assert sum(map(answered, after)) - sum(map(answered, before)) == 1  # the own probe only
+
+
+def test_nginx_refusals_do_not_fill_its_error_log(stack):
+    key = key_for(stack, "enterprise")
+    refused = [r for r in burst(f"{stack.nginx_url}/v1/items", "127.0.0.13", key, 300)
+               if r.status_code == 429 and "ratelimit-policy" not in r.headers]  # fmt: skip
+    assert len(refused) >= 200
+    # Each refusal is in the access log (status 429, no upstream), none in the error log.
+    assert served_by(stack, "127.0.0.13")["-"] == len(refused)
+    error_log = (stack.workdir / "nginx" / "error.log").read_text()
+    assert "127.0.0.13" not in error_log and "limiting requests" not in error_log
 
 
 def test_one_key_over_both_instances_gets_exactly_its_plan(stack):
@@ -401,7 +436,7 @@ def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(
             time.sleep(0.5)
             server.start()
             output, _ = locust.communicate(timeout=180)
-            ready = httpx.get(f"{stack.nginx_url}/health/ready")
+            ready = httpx.get(f"{stack.app_urls[0]}/health/ready")
     finally:
         server.stop()
     print(output[-4000:])

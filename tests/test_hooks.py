@@ -199,3 +199,20 @@ def test_baking_again_keeps_the_users_env_file(tmp_path, capfd, rebake):
     assert env_file.read_bytes() == before
     notes = [line for line in capfd.readouterr().err.splitlines() if ".env" in line]
     assert notes == ["kept the existing .env; compare it with .env.example for new keys"]
+
+
+def test_baking_again_adds_a_log_client_key_to_an_env_file_without_one(tmp_path, capfd):
+    # A .env from a template older than LOG_CLIENT_KEY: its lines stay, the new secret is added.
+    project = Path(bake(tmp_path))
+    env_file = project / ".env"
+    old_lines = [line for line in env_file.read_text().splitlines() if "LOG_CLIENT_KEY" not in line]
+    env_file.write_text("\n".join(old_lines))  # and no final newline
+    capfd.readouterr()
+    bake(tmp_path, overwrite_if_exists=True)
+    lines = env_file.read_text().splitlines()
+    assert lines[: len(old_lines)] == old_lines
+    added = lines[len(old_lines) :]
+    assert len(added) == 1 and re.fullmatch(r"LOG_CLIENT_KEY=[\w-]{40,}", added[0])
+    assert "added a generated LOG_CLIENT_KEY to the existing .env" in capfd.readouterr().err
+    bake(tmp_path, overwrite_if_exists=True)  # now present: left alone
+    assert env_file.read_text().splitlines() == lines

@@ -1,6 +1,6 @@
 """Request ids, the refusal log and the metrics an operator relies on."""
 
-import hashlib
+import hmac
 import json
 import logging
 import re
@@ -15,6 +15,8 @@ from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
 
 from .conftest import create_key, metric, running_client, set_plan
+
+LOG_KEY = "a-test-key-of-the-deployment"
 
 
 async def test_the_request_id_comes_from_the_proxy_or_is_made_and_is_echoed(make_settings):
@@ -94,7 +96,8 @@ async def test_each_request_has_one_access_line_naming_its_route_plan_and_hashed
 ):
     caplog.set_level(logging.INFO)
     key = await create_key(database_url, "pro")
-    async with running_client(make_settings(), client_ip="203.0.113.77") as client:
+    settings = make_settings(log_client_key=LOG_KEY)
+    async with running_client(settings, client_ip="203.0.113.77") as client:
         anonymous = await client.get("/v1/items/7", headers={"X-Request-ID": "req-access-01"})
         with_key = await client.get("/v1/items", headers={"X-API-Key": key})
         await client.get("/health/live")
@@ -106,7 +109,7 @@ async def test_each_request_has_one_access_line_naming_its_route_plan_and_hashed
     assert isinstance(first["duration_ms"], float) and 0 < first["duration_ms"] < 10_000
     assert second["plan"] == "pro" and second["route"] == "/v1/items"
     assert second["request_id"] == with_key.headers["x-request-id"]
-    client_hash = hashlib.sha256(b"ip:203.0.113.77").hexdigest()[:16]
+    client_hash = hmac.new(LOG_KEY.encode(), b"ip:203.0.113.77", "sha256").hexdigest()[:16]
     assert first["client"] == second["client"] == client_hash
     assert "203.0.113.77" not in json.dumps([first, second])  # client addresses are hashed
     assert key not in json.dumps([first, second])
@@ -114,13 +117,15 @@ async def test_each_request_has_one_access_line_naming_its_route_plan_and_hashed
 
 async def test_the_access_line_holds_the_client_address_only_when_asked_to(make_settings, caplog):
     caplog.set_level(logging.INFO)
-    async with running_client(make_settings(log_client_address=True), "203.0.113.78") as client:
+    settings = make_settings(log_client_address=True, log_client_key=LOG_KEY)
+    async with running_client(settings, "203.0.113.78") as client:
         await client.get("/v1/items")
     async with running_client(make_settings(access_log=False), "203.0.113.79") as client:
         await client.get("/v1/items")
     [line] = access_lines(caplog.records)  # none with ACCESS_LOG=false
     assert line["client_address"] == "203.0.113.78"
-    assert line["client"] == hashlib.sha256(b"ip:203.0.113.78").hexdigest()[:16]
+    expected = hmac.new(LOG_KEY.encode(), b"ip:203.0.113.78", "sha256").hexdigest()[:16]
+    assert line["client"] == expected
 
 
 def test_under_uvicorn_every_log_line_is_plain_json_and_access_lines_come_once(
@@ -216,3 +221,28 @@ def test_each_metric_is_exposed_exactly_as_prometheus_client_exposes_it(name, mo
                 else:
                     one.set(amount)
     assert prometheus_client.generate_latest(ours) == prometheus_client.generate_latest(theirs)
+
+
+async def test_documentation_pages_and_answers_before_routing_are_counted_under_their_route(
+    make_settings,
+):
+    async with running_client(make_settings()) as client:
+        before = (await client.get("/metrics")).text
+        await client.get("/openapi.json")
+        await client.get("/docs")
+        await client.get("/v1/items/3", headers={"X-API-Key": "not-a-key"})  # 401 before routing
+        await client.get("/no/such/path")
+        scraped = (await client.get("/metrics")).text
+    for route, status in [
+        ("/openapi.json", "200"),
+        ("/docs", "200"),
+        ("/v1/items/{item_id}", "401"),
+        ("<unmatched>", "404"),
+    ]:
+        labels = {"method": "GET", "route": route, "status": status}
+        counted = metric(scraped, "http_requests_total", **labels)
+        assert counted - metric(before, "http_requests_total", **labels) == 1, route
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "200"}
+    assert metric(scraped, "http_requests_total", **unmatched) == metric(
+        before, "http_requests_total", **unmatched
+    )

@@ -155,6 +155,10 @@ def test_overloaded_instance_sheds_anonymous_and_serves_pro(
     served = sum(answer.status_code == 200 for answer in anonymous_answers + idle)
     assert idle[-1].headers["x-ratelimit-remaining"] == str(1000 - served)
     assert metric(scraped, "load_shed_total", plan="anonymous") == len(shed)
+    # Counted under the route asked for, though shed before routing.
+    assert metric(
+        scraped, "http_requests_total", method="GET", route="/v1/items", status="503"
+    ) == len(shed)
     assert metric(scraped, "load_shed_total", plan="pro") == 0
     # Logged once when it started and once when it ended, not once per shed request.
     started, ended = log_lines(log, "load shedding started"), log_lines(log, "load shedding ended")

@@ -35,7 +35,8 @@ EXPOSED_HEADERS = [
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    client_key = settings.log_client_key
+    configure_logging(settings.log_level, client_key.get_secret_value() if client_key else None)
     plans = PlanService(settings)
 
     @asynccontextmanager

@@ -11,7 +11,7 @@ from ipaddress import ip_network
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio.connection import parse_url as parse_redis_url
 from sqlalchemy.engine import make_url
@@ -36,6 +36,17 @@ def _limit_string(value: str) -> str:
     return value
 
 
+def _log_client_key(value: SecretStr | None) -> SecretStr | None:
+    # The placeholder is .env.example's, for a copy made by hand instead of by cookiecutter.
+    secret = value.get_secret_value() if value is not None else None
+    if secret is not None and (len(secret) < 16 or secret == "__generate_secret__"):
+        raise ValueError(
+            "too short or a placeholder; expected a random secret of 16 characters or more, "
+            "e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
@@ -49,6 +60,10 @@ class Settings(BaseSettings):
     # Write the client's address in the access line, beside its hash. Off by default: addresses
     # are personal data, and the hash is enough to follow one client through the lines.
     log_client_address: bool = False
+    # Key of the HMAC naming a client in the logs (`client`, `subject`), so nobody can test a
+    # guessed address against a hash. cookiecutter writes one to .env; unset, each process
+    # picks a random one (hashes then match within one process only). README, Logs.
+    log_client_key: Annotated[SecretStr | None, AfterValidator(_log_client_key)] = None
     # Serve /docs, /redoc and /openapi.json. Turn off where the API description is not public.
     docs_enabled: bool = True
     # Origins allowed to call the API from a browser (CORS), comma-separated. Empty: CORS off.
@@ -193,6 +208,8 @@ REDIS_URL_FORMS = (
 )
 DATABASE_URL_FORMS = "postgresql://user:password@host:port/database"
 DATABASE_DRIVERS = ("postgresql", "postgres", "postgresql+asyncpg", "sqlite+aiosqlite")
+# Never repeated in an error message.
+SECRETS = {"LOG_CLIENT_KEY"}
 # pydantic's message does not say what it accepts for these.
 ACCEPTED = {"bool_parsing": "expected true or false (or 1/0, yes/no, on/off)"}
 
@@ -237,7 +254,7 @@ def describe_errors(error: ValidationError) -> list[str]:
         if variable in lines:
             lines[variable] += f"; {reason}"
         else:
-            value = mask_password(str(problem["input"]))
+            value = "***" if variable in SECRETS else mask_password(str(problem["input"]))
             lines[variable] = f"error: {variable}={value!r}: {reason}"
     return list(lines.values())
 

@@ -2,13 +2,16 @@
 
 import asyncio
 from dataclasses import dataclass
+from functools import cache
 from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ..database import async_url
@@ -59,3 +62,34 @@ def upgrade_to_head(url: str) -> Upgrade:
     # From the revision reached down to (not including) the one the database was at.
     scripts = ScriptDirectory.from_config(config).iterate_revisions(after, before or "base")
     return Upgrade(applied=[script.revision for script in scripts][::-1], current=after)
+
+
+@cache
+def known_revisions() -> tuple[str, tuple[str, ...]]:
+    """This code's head revision and every revision it knows (read once: it is files)."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = scripts.get_current_head()
+    assert head is not None  # the package ships its migrations
+    return head, tuple(script.revision for script in scripts.walk_revisions())
+
+
+# One query, so the readiness probe can afford it on every check.
+_SCHEMA_REVISION = text("SELECT version_num FROM alembic_version")
+
+
+async def schema_behind(connection: AsyncConnection) -> str | None:
+    """Why this code cannot rely on the database's schema (behind head, never migrated), or
+    None. A revision this code does not know is newer than its head: migrations are additive,
+    so the code of the previous release runs on it (README, Upgrading)."""
+    try:
+        revisions = (await connection.execute(_SCHEMA_REVISION)).scalars().all()
+    except DBAPIError as exc:
+        if "alembic_version" not in str(exc.orig):
+            raise
+        return "schema not migrated: run `db upgrade`"
+    head, known = known_revisions()
+    behind = [revision for revision in revisions if revision != head and revision in known]
+    if revisions and not behind:
+        return None
+    at = ", ".join(revisions) or "none"
+    return f"schema behind: at revision {at}, this code needs {head}; run `db upgrade`"

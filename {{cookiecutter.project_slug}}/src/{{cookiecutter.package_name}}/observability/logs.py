@@ -7,10 +7,17 @@ the request middleware writes a structured access line instead (the `access` log
 names the client by a hash, not by its address.
 """
 
+import asyncio
 import hashlib
+import hmac
 import logging
+import secrets
 import sys
+import time
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager, suppress
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -48,19 +55,34 @@ class JsonFormatter(LibraryJsonFormatter):
             log_data["request_id"] = request_id
 
 
+# The key of the client hashes in logs: LOG_CLIENT_KEY (configure_logging), else a random key
+# of this process. Either way nobody without the key can test a guessed address against a hash,
+# which an unkeyed hash allows (all of IPv4 is 2^32 tries).
+_PROCESS_KEY = secrets.token_bytes(32)
+_client_key = _PROCESS_KEY
+
+
 def hashed(identity: str) -> str:
-    """A stable, non-reversible name for a caller in logs (client addresses are personal data):
-    the access log and the refusal log name a caller alike."""
-    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+    """A stable name for a caller in logs that does not reveal it (client addresses are
+    personal data): an HMAC-SHA256 of the identity under the deployment's key, so lines of every
+    instance sharing the key name a caller alike, and the access and refusal logs agree."""
+    return keyed_hash(_client_key, identity)
+
+
+def keyed_hash(key: bytes, identity: str) -> str:
+    # 64 bits: collisions among a day's callers are negligible, and the line stays short.
+    return hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 class _JsonHandler(logging.StreamHandler[TextIO]):
     """Ours, so that configuring again (one app per test, say) replaces it, not others."""
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, client_key: str | None = None) -> None:
     """JSON on stderr for the root logger; uvicorn's loggers hand their records to it, except
-    its access log, which the access line replaces."""
+    its access log, which the access line replaces. `client_key`: LOG_CLIENT_KEY."""
+    global _client_key
+    _client_key = client_key.encode() if client_key else _PROCESS_KEY
     handler = _JsonHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
@@ -76,3 +98,107 @@ def configure_logging(level: str) -> None:
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers.clear()
     uvicorn_access.propagate = False
+    if not client_key:
+        logging.getLogger(__name__).warning(
+            "LOG_CLIENT_KEY is not set: client hashes in the logs use a random key of this "
+            "process, so they match only within its lines (the post-gen hook writes one to .env)"
+        )
+
+
+@dataclass(slots=True)
+class _Window:
+    ends: float  # epoch seconds
+    fields: dict[str, Any]  # what the summary line repeats of the first line
+    more: int = 0  # refused since the first, not logged one by one
+
+
+class RefusalLog:
+    """The first refusal of a caller per window and policy, and one summary line of the rest.
+
+    Every refusal is counted in metrics; this bounds what a flood writes to the log: two lines
+    per caller, policy and window, whatever the number of requests. The window is the limit's
+    own, aligned to the clock (a minute limit: each clock minute). The summary ("N more
+    refused") is written once the window has ended, by the sweep that runs every second while
+    the service runs (and at the next refusal), and at shutdown. Memory is bounded too: past
+    `max_entries` windows at once, a new caller's first refusal is counted in an
+    "other callers" summary instead of being written.
+    """
+
+    SWEEP_INTERVAL = 1.0
+
+    def __init__(self, logger: logging.Logger, max_entries: int = 10_000) -> None:
+        self.logger = logger
+        self.max_entries = max_entries
+        self._windows: dict[Hashable, _Window] = {}
+        self._overflow: dict[str, Any] = {}  # refusals not written because the table was full
+        self._next_sweep = 0.0
+
+    def refused(
+        self,
+        key: Hashable,
+        window_seconds: float,
+        message: str,
+        fields: dict[str, Any],
+        summary: dict[str, Any],
+    ) -> bool:
+        """Write this refusal if it is the first of `key` (caller and policy) in the current
+        window, else count it; True when written. `summary`: the fields the summary repeats."""
+        now = time.time()
+        if now >= self._next_sweep:
+            self.sweep(now)
+        window_seconds = max(window_seconds, 1.0)
+        start = now - now % window_seconds
+        window_key = (key, start)
+        window = self._windows.get(window_key)
+        if window is not None:
+            window.more += 1
+            return False
+        if len(self._windows) >= self.max_entries:
+            self._overflow["count"] = self._overflow.get("count", 0) + 1
+            return False
+        self._windows[window_key] = _Window(start + window_seconds, {"message": message, **summary})
+        self.logger.warning(message, extra=fields)
+        return True
+
+    def sweep(self, now: float | None = None) -> None:
+        """Summarise and forget the windows that have ended (all of them when `now` is None)."""
+        now_or_end = time.time() if now is None else now
+        self._next_sweep = now_or_end + self.SWEEP_INTERVAL
+        ended = [key for key, window in self._windows.items() if now is None or window.ends <= now]
+        for key in ended:
+            window = self._windows.pop(key)
+            if window.more:
+                fields = dict(window.fields)
+                message = fields.pop("message")
+                self.logger.warning(
+                    "%s: %d more refused in the window (not logged one by one)",
+                    message,
+                    window.more,
+                    extra={**fields, "more": window.more, "request_id": None},
+                )
+        if self._overflow:
+            more = self._overflow.pop("count")
+            self.logger.warning(
+                "%d refusals of other callers not logged one by one (too many callers refused "
+                "at once)",
+                more,
+                extra={"more": more, "request_id": None},
+            )
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Sweep every second while the service runs; summarise what is left at shutdown."""
+        task = asyncio.create_task(self._sweep_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+            self.sweep()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.SWEEP_INTERVAL)
+            if self._windows or self._overflow:
+                self.sweep(time.time())

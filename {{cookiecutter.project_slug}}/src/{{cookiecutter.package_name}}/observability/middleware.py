@@ -23,7 +23,9 @@ import random
 import re
 import time
 
+from fastapi.routing import iter_route_contexts
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..problems import problem
@@ -32,12 +34,17 @@ from .logs import access, hashed, request_id_var
 from .metrics import REQUEST_DURATION, REQUESTS, child
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{8,128}")
+# The route label of requests for a path no route matches.
+UNMATCHED = "<unmatched>"
 
 # Where a part of the app (the rate limiter: its quota headers) may leave, in the request's
 # state, a callable returning headers to add to the response; called when the response starts.
 RESPONSE_HEADERS_STATE_KEY = "response_headers"
 # Where the caller middleware leaves the name of the caller's plan, for the access line.
 PLAN_STATE_KEY = "plan_name"
+# Set (True) by the limiter on a refusal that repeats one already logged in its window: the
+# access line is left out, the refusal log's summary counts it (RefusalLog).
+QUIET_STATE_KEY = "log_quiet"
 
 
 class RequestContextMiddleware:
@@ -51,6 +58,7 @@ class RequestContextMiddleware:
     ) -> None:
         self.app = app
         self.access_log = access_log
+        self._routes: list[tuple[re.Pattern[str], str]] | None = None  # see _route_label
         self.log_client_address = log_client_address
         # uvicorn's httptools parser accepts headers of any size (its h11 parser caps them).
         self.max_header_bytes = max_header_bytes
@@ -112,7 +120,9 @@ class RequestContextMiddleware:
         finally:
             duration = time.perf_counter() - started
             # The router records the matched route in the scope; unmatched paths share a label.
-            route = getattr(scope.get("route"), "path_format", "<unmatched>")
+            route = getattr(scope.get("route"), "path_format", None)
+            if route is None:
+                route = self._route_label(scope) if status != 404 else UNMATCHED
             method = scope["method"]
             child(REQUESTS, method, route, str(status)).inc()
             child(REQUEST_DURATION, method, route, f"{status // 100}xx").observe(duration)
@@ -120,9 +130,26 @@ class RequestContextMiddleware:
                 self.access_log
                 and access.isEnabledFor(logging.INFO)
                 and not scope["path"].startswith(HEALTH_PREFIX)
+                and not state.get(QUIET_STATE_KEY)
             ):
                 self._log_access(scope, method, route, status, duration, request_id)
             request_id_var.reset(token)
+
+    def _route_label(self, scope: Scope) -> str:
+        """The template of the route a path belongs to, for an answer given without the router
+        recording one: a 503 shed before routing, a 401, FastAPI's own /docs and /openapi.json
+        (plain routes, which it does not record). A path of no route is UNMATCHED."""
+        if self._routes is None:  # built on first use: every router is included by then
+            self._routes = [
+                (compile_path(context.path)[0], context.path_format)
+                for context in iter_route_contexts(scope["app"].routes)
+                if context.path and context.path_format
+            ]
+        path = scope["path"]
+        for pattern, path_format in self._routes:
+            if pattern.match(path):
+                return path_format
+        return UNMATCHED
 
     def _log_access(
         self, scope: Scope, method: str, route: str, status: int, duration: float, request_id: str

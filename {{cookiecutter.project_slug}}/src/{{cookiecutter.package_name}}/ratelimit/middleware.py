@@ -25,9 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..observability import HEALTH_PREFIX, METRICS_PATH
-from ..observability.logs import hashed, request_id_var
+from ..observability.logs import RefusalLog, hashed, request_id_var
 from ..observability.metrics import RATELIMIT_DECISIONS, child
-from ..observability.middleware import PLAN_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
+from ..observability.middleware import (
+    PLAN_STATE_KEY,
+    QUIET_STATE_KEY,
+    RESPONSE_HEADERS_STATE_KEY,
+)
 from ..outages import Unavailable
 from ..plans.caller import (
     BlockedKey,
@@ -47,7 +51,6 @@ from .responses import (
     QuotaHeaders,
     bad_request,
     forbidden,
-    refusals,
     too_many_requests,
     unauthorized,
 )
@@ -56,6 +59,8 @@ from .shedding import LoadShedder
 
 # The route label of failed authentications in metrics and logs.
 AUTHENTICATION = "<authentication>"
+# The requests of a blocked key are logged once per this many seconds, the rest summarised.
+BLOCKED_LOG_WINDOW = 60.0
 
 
 def reads_credentials(path: str) -> bool:
@@ -66,9 +71,12 @@ def reads_credentials(path: str) -> bool:
 class Identification:
     """The request's caller, or the response refusing it: 401, 429, 400, or 503."""
 
-    def __init__(self, resolver: CallerResolver, failure_limits: LimitSet) -> None:
+    def __init__(
+        self, resolver: CallerResolver, failure_limits: LimitSet, refusal_log: RefusalLog
+    ) -> None:
         self.resolver = resolver
         self.failure_limits = failure_limits
+        self.refusal_log = refusal_log
         # Set when the app starts (service.py); until then failures are not counted.
         self.failover: Failover | None = None
 
@@ -124,36 +132,44 @@ class Identification:
     def _blocked(self, scope: Scope, exc: BlockedKey) -> Response:
         plan = exc.caller.plan.name
         child(RATELIMIT_DECISIONS, plan, AUTHENTICATION, "blocked").inc()
-        refusals.warning(
+        summary = {"plan": plan, "route": AUTHENTICATION, "subject": hashed(exc.caller.identity)}
+        if not self.refusal_log.refused(
+            (exc.caller.identity, "blocked"),
+            BLOCKED_LOG_WINDOW,
             "blocked API key",
-            extra={
-                "plan": plan,
-                "route": AUTHENTICATION,
+            {
+                **summary,
                 "path": scope["path"],
-                "subject": hashed(exc.caller.identity),
                 "reason": str(exc),
                 "request_id": request_id_var.get(),
             },
-        )
+            summary,
+        ):
+            scope.setdefault("state", {})[QUIET_STATE_KEY] = True
         return forbidden(f"This API key is blocked: {exc}", scope["path"])
 
     def _too_many_failures(self, scope: Scope, address: str | None, decision: Decision) -> Response:
         child(RATELIMIT_DECISIONS, ANONYMOUS, AUTHENTICATION, "limited").inc()
         assert decision.binding is not None  # these limits are always enforced
         limit = decision.binding.limit
-        refusals.warning(
+        subject = address or "ip:unknown"
+        summary = {
+            "plan": ANONYMOUS,
+            "route": AUTHENTICATION,
+            "subject": hashed(subject),
+            "policy": limit.policy,
+            "limit": limit.text,
+        }
+        state = scope.setdefault("state", {})
+        if not self.refusal_log.refused(
+            (subject, limit.key_suffix),
+            limit.window_seconds,
             "authentication failures exceeded",
-            extra={
-                "plan": ANONYMOUS,
-                "route": AUTHENTICATION,
-                "path": scope["path"],
-                "subject": hashed(address or "ip:unknown"),
-                "policy": limit.policy,
-                "limit": limit.text,
-                "request_id": request_id_var.get(),
-            },
-        )
-        scope.setdefault("state", {})[RESPONSE_HEADERS_STATE_KEY] = QuotaHeaders(decision)
+            {**summary, "path": scope["path"], "request_id": request_id_var.get()},
+            summary,
+        ):
+            state[QUIET_STATE_KEY] = True
+        state[RESPONSE_HEADERS_STATE_KEY] = QuotaHeaders(decision)
         return too_many_requests(decision, scope["path"])
 
 

@@ -20,8 +20,11 @@ import time
 from ..problems import ProblemResponse, problem
 from .counting import Decision
 
-# Every refusal, once, on a logger of its own: route it to its own sink or alert on it.
+# Refusals on a logger of its own: route it to its own sink or alert on it. Each caller's
+# first refusal per window and policy, and a summary of the rest (observability.RefusalLog).
 refusals = logging.getLogger("ratelimit")
+# A concurrency limit has no window: its refusals are summarised per minute.
+CONCURRENCY_LOG_WINDOW = 60.0
 
 
 def unauthorized(detail: str, instance: str) -> ProblemResponse:

@@ -40,16 +40,16 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..observability.logs import hashed, request_id_var
+from ..observability.logs import RefusalLog, hashed, request_id_var
 from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
-from ..observability.middleware import RESPONSE_HEADERS_STATE_KEY
+from ..observability.middleware import QUIET_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
 from ..problems import unavailable
 from .counting import Slots
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY, limiter
 from .middleware import Identification
-from .responses import QuotaHeaders, refusals, too_many_requests
+from .responses import CONCURRENCY_LOG_WINDOW, QuotaHeaders, too_many_requests
 from .rules import RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -60,9 +60,16 @@ SLOTS_STATE_KEY = "ratelimit_slots"
 
 
 class RateLimitCheck:
-    def __init__(self, identify: Identification, failover: Failover, shadow: bool = False) -> None:
+    def __init__(
+        self,
+        identify: Identification,
+        failover: Failover,
+        refusal_log: RefusalLog,
+        shadow: bool = False,
+    ) -> None:
         self._identify = identify
         self._failover = failover
+        self._refusal_log = refusal_log
         # RATELIMIT_MODE=shadow: every limit counted and logged, none refusing.
         self._shadow = shadow
 
@@ -112,25 +119,35 @@ class RateLimitCheck:
             outcome = "fallback"
         child(RATELIMIT_DECISIONS, plan, route.path, outcome).inc()
         refused = decision.shadow_refusals if decision.admitted else (binding,)
+        logged = False
         for result in refused:
             assert result is not None  # a refusal has a binding limit
             limit = result.limit
-            refusals.warning(
+            subject = limit.subject or caller.identity
+            summary = {
+                "plan": plan,
+                "route": route.path,
+                "subject": hashed(subject),
+                "policy": limit.policy,
+                "limit": limit.text,
+                "shadow": limit.shadow,
+            }
+            logged |= self._refusal_log.refused(
+                (subject, limit.key_suffix, limit.shadow),
+                CONCURRENCY_LOG_WINDOW if limit.concurrent else limit.window_seconds,
                 "rate limit exceeded (shadow: served)" if limit.shadow else "rate limit exceeded",
-                extra={
-                    "plan": plan,
-                    "route": route.path,
+                {
+                    **summary,
                     "method": scope["method"],
-                    "subject": hashed(limit.subject or caller.identity),
-                    "policy": limit.policy,
-                    "limit": limit.text,
-                    "shadow": limit.shadow,
                     "fallback": decision.fallback,
                     "request_id": request_id_var.get(),
                 },
+                summary,
             )
         if decision.admitted:
             return None
+        if not logged:  # a repeat of a refusal already logged in this window: no access line
+            state[QUIET_STATE_KEY] = True
         # Answer.
         return too_many_requests(decision, scope["path"])
 

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 from redis.exceptions import RedisError
 
+from ..observability.logs import RefusalLog
 from ..plans.caller import CallerResolver
 from ..plans.plan import parse_limits
 from ..settings import Settings
@@ -22,6 +23,7 @@ from .memory_counters import memory_counter
 from .middleware import CallerMiddleware, Identification
 from .openapi import install_openapi
 from .redis_counter import RedisCounter
+from .responses import refusals
 from .route import (
     RateLimitCheck,
     RateLimitedRoute,
@@ -65,6 +67,8 @@ class RateLimiting:
             app.state.startup_refusal = str(exc)
             raise
         async with open_limit_storage(settings) as storage, AsyncExitStack() as background:
+            # Summaries of repeated refusals, each second and at shutdown.
+            await background.enter_async_context(self.identify.refusal_log.running())
             if self.shedder is not None:  # the lag probe runs only where shedding is on
                 await background.enter_async_context(self.shedder.running())
             app.state.limit_storage = storage
@@ -88,7 +92,10 @@ class RateLimiting:
             )
             self.identify.failover = failover
             app.state.ratelimit_check = RateLimitCheck(
-                self.identify, failover, shadow=settings.ratelimit_mode == "shadow"
+                self.identify,
+                failover,
+                self.identify.refusal_log,
+                shadow=settings.ratelimit_mode == "shadow",
             )
             app.state.ratelimit_failover = failover  # the quota endpoint peeks through it
             yield
@@ -141,7 +148,7 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
     # A path no route matches is counted against the caller's plan too: a scan meets a 429.
     app.router.default = UnmatchedPaths(app.router.default)
     failures = standalone_limits("auth-failures", parse_limits(settings.auth_failure_limit))
-    identify = Identification(resolver, failure_limits=failures)
+    identify = Identification(resolver, failures, RefusalLog(refusals))
     shedder = LoadShedder.from_settings(settings)
     # Added first, so it runs last of the middleware, inside the request context (401s carry
     # the request id and CORS headers).

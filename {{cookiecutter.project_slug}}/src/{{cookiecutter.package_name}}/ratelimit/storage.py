@@ -20,6 +20,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    AuthenticationError,
     ClusterDownError,
     NoPermissionError,
     NoScriptError,
@@ -51,13 +52,20 @@ class LimitStorage:
     timeout: float
 
     async def ping(self) -> bool:
+        return await self.status() == "ok"
+
+    async def status(self) -> str:
+        """ "ok", or why Redis cannot be used, in the words an operator acts on: a wrong
+        password is not an unreachable server."""
         if self.redis is None:
-            return True
+            return "ok"
         try:
             async with asyncio.timeout(self.timeout):
-                return bool(await self.redis.ping())
+                return "ok" if await self.redis.ping() else "unreachable"
+        except AuthenticationError:  # WRONGPASS, NOAUTH (a password expected, none sent)
+            return "authentication failed"
         except (RedisError, OSError, TimeoutError):
-            return False
+            return "unreachable"
 
 
 @asynccontextmanager
@@ -77,11 +85,14 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
             with suppress(RedisError, OSError):
                 await client.initialize()
         # Said at start-up, not first noticed by the first limited request; start-up goes on.
-        if not await storage.ping():
+        status = await storage.status()
+        if status != "ok":
             logger.warning(
-                "Redis at %s does not answer at start-up: RATELIMIT_OUTAGE_POLICY=%s applies "
-                "until it does",
+                "Redis at %s: %s at start-up; RATELIMIT_OUTAGE_POLICY=%s applies until it answers",
                 mask_password(settings.redis_url),
+                "authentication failed (check the password in REDIS_URL)"
+                if status == "authentication failed"
+                else "does not answer",
                 settings.ratelimit_outage_policy,
             )
         yield storage
