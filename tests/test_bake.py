@@ -144,8 +144,20 @@ def test_ci_checks_the_lock_and_runs_the_compose_stack(baked):
     assert "${{ github.ref }}" in workflow["concurrency"]["group"]
     steps = {name: job["steps"] for name, job in workflow["jobs"].items()}
     commands = {name: "\n".join(s.get("run", "") for s in job) for name, job in steps.items()}
-    assert "make lock-check" in commands["test"]
+    assert "uv lock --check" in commands["test"] and "make constraints" in commands["test"]
     assert "uv sync --locked" in commands["test"]
+    assert "pre-commit run --all-files" in commands["test"]  # the hooks themselves, not a copy
+    assert re.search(r"pytest --cov\b", commands["test"])
+    # CI's Redis and Postgres are compose.yaml's images, the ones Dependabot bumps.
+    services = workflow["jobs"]["test"]["services"]
+    assert {name: s["image"] for name, s in services.items()} == {
+        name: f"${{{{ needs.images.outputs.{name} }}}}" for name in ("redis", "postgres")
+    }
+    assert "yq '.services.redis.image' compose.yaml" in commands["images"]
+    dependabot = yaml.safe_load((project / ".github" / "dependabot.yml").read_text())
+    assert {"uv", "docker", "docker-compose", "github-actions"} == {
+        u["package-ecosystem"] for u in dependabot["updates"]
+    }
     setup_uv = next(s for s in steps["test"] if s.get("uses", "").startswith("astral-sh/setup-uv@"))
     assert setup_uv["with"]["enable-cache"] is True
     assert setup_uv["with"]["cache-dependency-glob"] == "uv.lock"

@@ -170,3 +170,15 @@ def test_baking_again_keeps_the_users_env_file(tmp_path, capfd, rebake):
     assert env_file.read_bytes() == before
     notes = [line for line in capfd.readouterr().err.splitlines() if ".env" in line]
     assert notes == ["kept the existing .env; compare it with .env.example for new keys"]
+
+
+def test_generation_ends_with_the_commands_to_run_next(tmp_path):
+    generated = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE), "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert generated.returncode == 0, generated.stderr
+    lines = [line.split("#")[0].strip() for line in generated.stdout.strip().splitlines()[-4:]]
+    assert lines == ["cd rate-limited-service", "make dev", "make up", "make test"]
