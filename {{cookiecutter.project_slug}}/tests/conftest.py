@@ -316,7 +316,7 @@ class RedisServers:
 
     def _run(self, port: int, command: list[str]) -> None:
         self.processes[port] = (command, subprocess.Popen(command, stdout=subprocess.DEVNULL))
-        wait_until(lambda: self.answers(port), 10, f"redis-server on port {port}")
+        wait_until(lambda: self.answers(port), 30, f"redis-server on port {port}")
 
     def answers(self, port: int) -> bool:
         try:
@@ -412,7 +412,8 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
             except httpx.TransportError:
                 return False
 
-        wait_until(answers, 20, f"uvicorn on port {port}")
+        # Start-up deadlines are generous: a busy machine (load 7 on 2 cores) once took over 20 s.
+        wait_until(answers, 60, f"uvicorn on port {port}")
         return base_url
 
     start.processes = {}  # type: ignore[attr-defined]  # base URL -> its process
