@@ -59,10 +59,22 @@ def append_missing_secrets(env_file: Path, example: list[str]) -> None:
         print(f"added a generated {names} to the existing .env", file=sys.stderr)
 
 
+def print_next_steps() -> None:
+    """The commands to run next, so nobody has to open the README to take the first step."""
+    print(
+        f"\nGenerated {PROJECT.name}/. Next:\n"
+        f"  cd {PROJECT.name}\n"
+        "  make dev     # serve on :8000 now, no Docker (in-memory limits, SQLite, demo keys)\n"
+        "  make up      # or the whole stack with Docker: nginx on :8080, Redis, Postgres\n"
+        "  make test    # its tests, against a local Redis and Postgres (see README.md)"
+    )
+
+
 def main() -> None:
     if CI_PROVIDER == "none":
         remove_ci_workflow()
     write_env_file()
+    print_next_steps()
 
 
 if __name__ == "__main__":

@@ -59,21 +59,25 @@ def run(
     )
 
 
-# Interpreters for the answer sets' Python versions (a bake runs on the version it names).
-PYTHON_INTERPRETERS = {
-    "3.11": "/root/.pyenv/versions/3.11.7/bin/python3.11",
-    "3.12": "/root/.pyenv/versions/3.12.1/bin/python3.12",
-    "3.13": "/root/.pyenv/versions/3.13.0/bin/python3.13",
-}
 THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
+def _patch_level(path: Path) -> tuple[int, ...]:
+    """3.12.10 after 3.12.9: pyenv's version folders compared as numbers, not as text."""
+    return tuple(int(part) if part.isdigit() else -1 for part in path.name.split("."))
+
+
 def python_for(version: str) -> str:
-    """An interpreter of Python `version`: this one, the pyenv one, else pythonX.Y on the PATH."""
+    """An interpreter of Python `version` (a bake runs on the version it names): this one, else
+    the newest pyenv `versions/<version>.*`, else `python<version>` on the PATH."""
     if version == THIS_PYTHON:
         return sys.executable
-    known = PYTHON_INTERPRETERS.get(version)
-    found = known if known and Path(known).exists() else shutil.which(f"python{version}")
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    installed = sorted(pyenv.glob(f"{version}.*"), key=_patch_level, reverse=True)
+    candidates = [path / "bin" / f"python{version}" for path in installed]
+    found = next((str(c) for c in candidates if c.exists()), None) or shutil.which(
+        f"python{version}"
+    )
     if found is None:
         pytest.fail(f"no Python {version} interpreter: install python{version}", pytrace=False)
     return found

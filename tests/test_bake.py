@@ -145,8 +145,20 @@ def test_ci_checks_the_lock_and_runs_the_compose_stack(baked):
     assert "${{ github.ref }}" in workflow["concurrency"]["group"]
     steps = {name: job["steps"] for name, job in workflow["jobs"].items()}
     commands = {name: "\n".join(s.get("run", "") for s in job) for name, job in steps.items()}
-    assert "make lock-check" in commands["test"]
+    assert "uv lock --check" in commands["test"] and "make constraints" in commands["test"]
     assert "uv sync --locked" in commands["test"]
+    assert "pre-commit run --all-files" in commands["test"]  # the hooks themselves, not a copy
+    assert re.search(r"pytest --cov\b", commands["test"])
+    # CI's Redis and Postgres are compose.yaml's images, the ones Dependabot bumps.
+    services = workflow["jobs"]["test"]["services"]
+    assert {name: s["image"] for name, s in services.items()} == {
+        name: f"${{{{ needs.images.outputs.{name} }}}}" for name in ("redis", "postgres")
+    }
+    assert "yq '.services.redis.image' compose.yaml" in commands["images"]
+    dependabot = yaml.safe_load((project / ".github" / "dependabot.yml").read_text())
+    assert {"uv", "docker", "docker-compose", "github-actions"} == {
+        u["package-ecosystem"] for u in dependabot["updates"]
+    }
     setup_uv = next(s for s in steps["test"] if s.get("uses", "").startswith("astral-sh/setup-uv@"))
     assert setup_uv["with"]["enable-cache"] is True
     assert setup_uv["with"]["cache-dependency-glob"] == "uv.lock"
@@ -261,3 +273,53 @@ def test_nginx_config_passes_nginx_t(baked, tmp_path):
     checked = nginx.check_config(config)
     assert checked.returncode == 0, checked.stderr
     assert "syntax is ok" in checked.stderr
+
+
+def make_commands(project: Path, target: str, **env: str) -> list[str]:
+    """The commands `make <target>` would run in a fresh folder (no .venv yet), without running."""
+    planned = run(["make", "-n", target], cwd=project, **env)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    return [line for line in planned.stdout.splitlines() if not line.startswith("echo ")]
+
+
+@pytest.mark.parametrize("uv", ["with-uv", "pip-only"])
+def test_make_dev_installs_only_what_serving_needs(baked, uv):
+    _, project = baked
+    path = f"{Path(tool('uv')).parent}:/usr/bin:/bin" if uv == "with-uv" else "/usr/bin:/bin"
+    commands = make_commands(project, "dev", PATH=path)
+    installs = [c for c in commands if "uv sync" in c or "pip install" in c]
+    assert len(installs) == 1, commands
+    assert "--all-extras" not in installs[0] and "[dev" not in installs[0], installs[0]
+    assert commands[-1].startswith(f".venv/bin/{project.name} dev")
+
+
+@pytest.mark.parametrize("target", ["test", "test-fast", "lint", "migrate"])
+def test_make_targets_need_no_activated_virtualenv(baked, target):
+    """Each tool runs from .venv/bin, installed first when missing: a fresh folder's `make
+    lint` once died on `ruff: not found` and `hadolint: No such file or directory`."""
+    _, project = baked
+    commands = make_commands(project, target, PATH="/usr/bin:/bin")
+    tools = [c.split()[0] for c in commands if not c.startswith(("test -x ", "touch "))]
+    assert tools and all(t.startswith(".venv/bin/") for t in tools), commands
+    if target == "lint":
+        assert not any(c.startswith("hadolint") for c in commands)  # never a bare hadolint
+
+
+def test_make_up_says_what_is_missing_without_docker_compose(baked):
+    _, project = baked
+    started = run(["make", "up", "COMPOSE=no-such-docker compose"], cwd=project)
+    assert started.returncode != 0
+    assert "make up needs Docker with the compose plugin" in started.stdout + started.stderr
+    assert "unknown flag" not in started.stdout + started.stderr
+
+
+def test_interpreters_are_found_by_version_not_by_one_machines_path(tmp_path, monkeypatch):
+    for name in ("3.12.9", "3.12.10", "3.13.0"):
+        binary = tmp_path / "versions" / name / "bin" / f"python{name[:4]}"
+        binary.parent.mkdir(parents=True)
+        binary.touch(mode=0o755)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    assert python_for("3.12") == str(tmp_path / "versions/3.12.10/bin/python3.12")  # the newest
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "none"))
+    monkeypatch.setenv("PATH", str(tmp_path / "versions/3.13.0/bin"))
+    assert python_for("3.13") == str(tmp_path / "versions/3.13.0/bin/python3.13")

@@ -99,10 +99,17 @@ def burst(url: str, source_ip: str, key: str | None = None, count: int = 1) -> l
     return asyncio.run(send())
 
 
-def served_by(stack: Stack, source_ip: str) -> Counter:
-    """Which upstream answered each request from `source_ip` ("-": nginx itself)."""
+def served_by(stack: Stack, source_ip: str, requests: int, timeout: float = 10) -> Counter:
+    """Which upstream answered each of the `requests` requests from `source_ip` ("-": nginx
+    itself). nginx writes a request's line after its response, so a client can hold the
+    response before the line is there: this waits (up to `timeout`) for all of them."""
     pattern = re.compile(rf'^{re.escape(source_ip)} (\d+) "([^"]*)"')
-    return Counter(m[2] for line in stack.upstream_log() if (m := pattern.match(line)))
+    deadline = time.monotonic() + timeout
+    while True:
+        found = Counter(m[2] for line in stack.upstream_log() if (m := pattern.match(line)))
+        if found.total() >= requests or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def test_liveness_through_nginx_answers_a_monitor_and_guards_against_a_flood(stack):
@@ -173,7 +180,7 @@ def test_one_key_over_both_instances_gets_exactly_its_plan(stack):
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 40, 429: 60}
     assert all(r.headers["ratelimit-policy"] == '"pro";q=40;w=60' for r in responses)
-    upstreams = sum((served_by(stack, f"127.0.1.{n}") for n in range(1, 11)), Counter())
+    upstreams = sum((served_by(stack, f"127.0.1.{n}", 10) for n in range(1, 11)), Counter())
     assert set(upstreams) == {url.removeprefix("http://") for url in stack.app_urls}
     assert min(upstreams.values()) >= 20, upstreams  # both instances took their share
 
@@ -189,7 +196,7 @@ def test_a_burst_from_one_address_is_refused_by_nginx_before_the_app(stack):
     assert by_nginx[0].json()["detail"] == "Too many requests from this address."
     assert {r.status_code for r in by_app} == {200}
     # nginx answered those itself: no upstream for them in its log.
-    assert served_by(stack, "127.0.0.20")["-"] == len(by_nginx)
+    assert served_by(stack, "127.0.0.20", 150)["-"] == len(by_nginx)
 
 
 def test_the_app_sees_each_client_address_not_nginx(stack):
@@ -275,7 +282,7 @@ def test_a_request_nginx_refuses_gets_problem_json(stack, case):
     source_ip = f"127.0.0.{60 + list(REFUSED_BY_NGINX).index(case)}"
     response, body = exchange(stack.nginx_url, request, source_ip)
     assert_problem_from_nginx(response, body, status)
-    assert served_by(stack, source_ip) == {"-": 1}  # no instance saw it
+    assert served_by(stack, source_ip, 1) == {"-": 1}  # no instance saw it
 
 
 def test_the_apps_own_errors_pass_through_nginx_untouched(stack):
@@ -283,7 +290,7 @@ def test_the_apps_own_errors_pass_through_nginx_untouched(stack):
     assert response.status_code == 404
     assert "x-request-id" in response.headers  # the app's answer, not nginx's
     assert response.json().get("detail") != "Nothing is served at this path."
-    upstreams = served_by(stack, "127.0.0.70")
+    upstreams = served_by(stack, "127.0.0.70", 1)
     assert set(upstreams) <= {url.removeprefix("http://") for url in stack.app_urls}, upstreams
 
 
@@ -349,7 +356,7 @@ def test_a_shadow_limit_through_nginx_refuses_nothing_and_is_counted_once(stack)
     assert {r.headers["ratelimit-policy"] for r in responses} == {'"rollout";q=20;w=60'}
     assert responses[-1].headers["x-ratelimit-remaining"] == "8"
     # Both instances served the key, and together they counted 7 would-be refusals (12 - 5).
-    assert len(served_by(stack, "127.0.4.1")) == 2
+    assert len(served_by(stack, "127.0.4.1", 12)) == 2
     assert instance_metric(stack, "ratelimit_decisions_total", **labels) - before == 7
 
 
@@ -371,7 +378,7 @@ def test_a_concurrency_limit_through_nginx_holds_across_both_instances(slow_stac
         assert refused.headers["retry-after"] == "1"
         assert refused.headers["ratelimit"] == '"concurrency";r=0;t=1'
         assert '"concurrency";q=2;qu="concurrent-requests"' in refused.headers["ratelimit-policy"]
-    assert len(served_by(slow_stack, "127.0.4.2")) == 2  # both instances took requests
+    assert len(served_by(slow_stack, "127.0.4.2", 8)) == 2  # both instances took requests
     # None leaked: once the two are done, two more are admitted.
     again = burst(url, "127.0.4.2", key, 8)
     assert Counter(r.status_code for r in again) == {200: 2, 429: 6}

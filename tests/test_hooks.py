@@ -27,8 +27,10 @@ BAD_ANSWERS = [  # field, answer, the start of its one-line message
     ("anonymous_limit", "10/0 minute", "anonymous_limit: '10/0 minute' must be one or more"),
     ("anonymous_limit", "", "anonymous_limit: '' must be one or more"),
     ("anonymous_limit", "60/minute;", "anonymous_limit: '60/minute;' must be one or more"),
-    ("anonymous_limit", "10/9999999999 years", "anonymous_limit: '10/9999999999 years' is out of bounds: a window"),
-    ("anonymous_limit", "99999999999999999999999/minute", "anonymous_limit: '99999999999999999999999/minute' is out of bounds"),
+    ("anonymous_limit", "10/9999999999 years",
+     "anonymous_limit: '10/9999999999 years' is out of bounds: a window"),
+    ("anonymous_limit", "99999999999999999999999/minute",
+     "anonymous_limit: '99999999999999999999999/minute' is out of bounds"),
     ("anonymous_limit", "10/11 years", "anonymous_limit: '10/11 years' is out of bounds: a window"),
 ]  # fmt: skip
 
@@ -87,9 +89,12 @@ def _constants(path: Path, names: tuple[str, ...]) -> dict[str, object]:
     tree = ast.parse(path.read_text())
     found = {}
     for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in names:
-                found[node.targets[0].id] = ast.literal_eval(node.value)
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in names
+        ):
+            found[node.targets[0].id] = ast.literal_eval(node.value)
     return found
 
 
@@ -216,3 +221,15 @@ def test_baking_again_adds_a_log_client_key_to_an_env_file_without_one(tmp_path,
     assert "added a generated LOG_CLIENT_KEY to the existing .env" in capfd.readouterr().err
     bake(tmp_path, overwrite_if_exists=True)  # now present: left alone
     assert env_file.read_text().splitlines() == lines
+
+
+def test_generation_ends_with_the_commands_to_run_next(tmp_path):
+    generated = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", "--no-input", str(TEMPLATE), "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert generated.returncode == 0, generated.stderr
+    lines = [line.split("#")[0].strip() for line in generated.stdout.strip().splitlines()[-4:]]
+    assert lines == ["cd rate-limited-service", "make dev", "make up", "make test"]

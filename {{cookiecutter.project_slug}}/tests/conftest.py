@@ -3,7 +3,12 @@ servers, and the service under real uvicorn.
 
 Isolation: every test counts under its own Redis key prefix and deletes only its own keys (SCAN,
 never KEYS or FLUSHALL), and gets a database of its own, copied from a migrated template; the
-suite drops only the databases it created.
+suite drops only the databases it created. So the tests run in parallel (pytest-xdist, `-n auto`
+in pyproject.toml) with nothing shared between workers but the two servers.
+
+Busy machines: a test waits for the line, count or port it needs with a deadline (`wait_until`,
+`wait_for_line`), never reads once and hopes: a log written after the response is not there yet
+when the response arrives.
 """
 
 import asyncio
@@ -46,9 +51,35 @@ HOW_TO_START_POSTGRES = (
     "-e POSTGRES_HOST_AUTH_METHOD=trust postgres:17-alpine` or `sudo apt-get install postgresql`, "
     "or point DATABASE_URL at a Postgres where this user may create databases"
 )
-TEST_DB_PREFIX = "test_{{ cookiecutter.package_name }}_"
+# What the suite names its databases and Redis keys with on the shared servers: change them when
+# two projects' suites share one server. Each pytest-xdist worker adds its id ("gw0"), so no two
+# workers ever pick the same name, and a leftover names the run that left it.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+DEFAULT_DB_PREFIX = "test_{{ cookiecutter.package_name }}_"
+TEST_DB_PREFIX = os.environ.get("TEST_DATABASE_PREFIX", DEFAULT_DB_PREFIX) + f"{WORKER}_"
+TEST_REDIS_KEY_PREFIX = os.environ.get("TEST_REDIS_KEY_PREFIX", "test-") + f"{WORKER}-"
 # The project's root: where `tests` is importable from.
 PROJECT = str(Path(__file__).resolve().parents[1])
+
+
+# A test that starts a server process of its own (uvicorn, redis-server, a Redis cluster or
+# sentinels) or cuts a connection to wait out an outage is `slow`, found by the fixtures it
+# asks for, so a new test is sorted without anyone remembering to mark it; other slow tests
+# carry the marker themselves. `make test-fast` (-m "not slow") is the inner loop.
+SLOW_FIXTURES = {
+    "start_uvicorn",
+    "throwaway_redis",
+    "database_proxy",
+    "cluster",
+    "sentinels",
+    "locked_redis",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def _tcp_address(url: str, default_port: int) -> tuple[str, int] | None:
@@ -193,7 +224,7 @@ def redis_url() -> str:
 
 @pytest.fixture
 def key_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    prefix = f"{TEST_REDIS_KEY_PREFIX}{uuid.uuid4().hex[:12]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
     keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
@@ -251,6 +282,23 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_for_line(
+    log: Path, wanted: Callable[[str], bool], what: str, timeout: float = 10
+) -> list[str]:
+    """The complete lines of `log` once one of them is `wanted`. A server writes some lines (an
+    access line, nginx's log) after its response: the client may hold the answer first."""
+    lines: list[str] = []
+
+    def written() -> bool:
+        nonlocal lines
+        text = log.read_text() if log.exists() else ""
+        lines = text.split("\n")[:-1]  # a line still being written has no newline yet
+        return any(wanted(line) for line in lines)
+
+    wait_until(written, timeout, what)
+    return lines
+
+
 class RedisServers:
     """redis-server processes of one test, by port; each start waits until it answers."""
 
@@ -268,7 +316,7 @@ class RedisServers:
 
     def _run(self, port: int, command: list[str]) -> None:
         self.processes[port] = (command, subprocess.Popen(command, stdout=subprocess.DEVNULL))
-        wait_until(lambda: self.answers(port), 10, f"redis-server on port {port}")
+        wait_until(lambda: self.answers(port), 30, f"redis-server on port {port}")
 
     def answers(self, port: int) -> bool:
         try:
@@ -364,7 +412,8 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
             except httpx.TransportError:
                 return False
 
-        wait_until(answers, 20, f"uvicorn on port {port}")
+        # Start-up deadlines are generous: a busy machine (load 7 on 2 cores) once took over 20 s.
+        wait_until(answers, 60, f"uvicorn on port {port}")
         return base_url
 
     start.processes = {}  # type: ignore[attr-defined]  # base URL -> its process

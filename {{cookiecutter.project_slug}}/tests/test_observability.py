@@ -14,7 +14,7 @@ from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
 
-from .conftest import create_key, metric, running_client, set_plan
+from .conftest import create_key, metric, running_client, set_plan, wait_for_line
 
 LOG_KEY = "a-test-key-of-the-deployment"
 
@@ -141,9 +141,12 @@ def test_under_uvicorn_every_log_line_is_plain_json_and_access_lines_come_once(
         RATELIMIT_KEY_PREFIX=key_prefix,
         DATABASE_URL=database_url,
     )
-    answer = httpx.get(f"{base_url}/v1/items", headers={"X-Request-ID": "req-uvicorn-01"})
-    assert answer.status_code == 200
-    lines = stderr.read_text().splitlines()
+    for request_id in ("req-uvicorn-01", "req-uvicorn-02"):
+        answer = httpx.get(f"{base_url}/v1/items", headers={"X-Request-ID": request_id})
+        assert answer.status_code == 200
+    # The access line is written after the response; the second request's line comes after
+    # anything the first could add (a second copy of its line included).
+    lines = wait_for_line(stderr, lambda line: "req-uvicorn-02" in line, "the access line")
     entries = [json.loads(line) for line in lines]  # each line one JSON object, or this fails
     assert any(e["logger"] == "uvicorn.error" for e in entries)  # uvicorn's records are there
     assert not any("color_message" in e for e in entries)
@@ -151,7 +154,8 @@ def test_under_uvicorn_every_log_line_is_plain_json_and_access_lines_come_once(
     assert not any(e["logger"] == "uvicorn.access" for e in entries)
     access = [e for e in entries if e["logger"] == "access"]  # the start-up probes: not logged
     assert [(e["route"], e["status"], e["request_id"]) for e in access] == [
-        ("/v1/items", 200, "req-uvicorn-01")
+        ("/v1/items", 200, "req-uvicorn-01"),
+        ("/v1/items", 200, "req-uvicorn-02"),
     ]
 
 

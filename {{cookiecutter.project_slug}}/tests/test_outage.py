@@ -15,6 +15,9 @@ import redis
 
 from .conftest import free_port, metric, running_client, storage_errors
 
+# Each waits out an outage of its own (timeouts, retries, a restarted redis-server).
+pytestmark = pytest.mark.slow
+
 
 async def test_fail_open_keeps_serving_and_limits_per_process(make_settings, throwaway_redis):
     settings = make_settings(redis_url=throwaway_redis.url, ratelimit_outage_policy="fail-open")

@@ -49,7 +49,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[RedisServers, list[int]]]:
             infos = [redis.Redis(port=p, decode_responses=True).cluster("info") for p in ports]
             return all(info.get("cluster_state") == "ok" for info in infos)
 
-        wait_until(ready, 20, "the cluster to be ok")
+        wait_until(ready, 60, "the cluster to be ok")
         yield servers, ports
     finally:
         servers.stop_all()
