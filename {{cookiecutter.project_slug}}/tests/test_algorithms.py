@@ -62,7 +62,7 @@ async def test_the_quota_endpoints_reset_is_the_next_requests_reset(
 
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_a_refusal_lasts_until_the_reset_it_announced_and_no_longer(
+async def test_a_refusal_lasts_until_its_reset_and_steady_traffic_gets_the_rate(
     strategy, storage, make_settings, database_url
 ):
     await set_plan(database_url, "anonymous", "2/2 seconds")
@@ -73,8 +73,7 @@ async def test_a_refusal_lasts_until_the_reset_it_announced_and_no_longer(
         reset = int(refused.headers["x-ratelimit-reset"])
         # Refusals spend nothing: asking again and again does not push the reset back.
         first_admitted = None
-        deadline = reset + 1.0
-        while time.time() < deadline:
+        while time.time() < reset + 1.0:
             asked = time.time()
             response = await client.get("/v1/items")
             if response.status_code == 200:
@@ -86,31 +85,24 @@ async def test_a_refusal_lasts_until_the_reset_it_announced_and_no_longer(
     # reset is rounded up to a second: capacity came back within the second before it.
     assert reset - 1 - 0.05 <= first_admitted <= reset + 0.1, (first_admitted, reset)
 
-
-@pytest.mark.parametrize("storage", STORAGES)
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_steady_traffic_across_windows_gets_the_rate_it_is_allowed(
-    strategy, storage, make_settings, database_url
-):
     await set_plan(database_url, "anonymous", "5/second")
     async with running_client(settings_for(make_settings, strategy, storage)) as client:
         # Well under the rate, across windows: never refused.
         start = time.time()
         below = []
-        for n in range(5):
+        for n in range(4):
             await sleep_until(start + n / 3)
             below.append((await client.get("/v1/items")).status_code)
-        assert below == [200] * 5
-        # Twice the rate for two seconds: about the rate admitted, by every algorithm (a fixed
-        # window may admit up to twice its limit across an edge).
+        assert below == [200] * 4
+        # Twice the rate for 1.5 s: about the rate admitted, by every algorithm (a fixed window
+        # may admit up to twice its limit across an edge).
         start = time.time()
         over = []
-        for n in range(20):
+        for n in range(15):
             await sleep_until(start + n / 10)
             over.append((await client.get("/v1/items")).status_code)
-    admitted = over.count(200)
     assert set(over) <= {200, 429}
-    assert 7 <= admitted <= 15, over
+    assert 5 <= over.count(200) <= 12, over
 
 
 async def test_a_fixed_windows_expiry_is_set_by_its_first_hit(make_settings, database_url):
