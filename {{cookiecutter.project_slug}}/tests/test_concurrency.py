@@ -156,7 +156,6 @@ async def test_a_request_longer_than_the_lease_keeps_its_slot(
     assert late.status_code == 429
 
 
-
 def in_flight(redis_url: str, key_prefix: str) -> int:
     """The slots held now, read from the counters (probing with requests would spend the
     plan's budget, and take slots themselves)."""

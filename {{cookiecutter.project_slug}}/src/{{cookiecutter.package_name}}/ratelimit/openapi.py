@@ -6,8 +6,9 @@ caller middleware looks at its key) and the settings, never written by hand per 
   /metrics; a limited route wherever it is): 429 from the route's limits or from failed
   authentications, 503 for an unknown key while the plans database is away, a limited
   route under fail-closed while Redis is away, or a caller shed under overload; 400 where a
-  trusted proxy can forward a non-address, and where a body is taken; the quota headers on a limited route's 2xx (not
-  under RATELIMIT_MODE=shadow, which sends none there) and on every 429;
+  trusted proxy can forward a non-address, and where a body is taken; the quota headers on a
+  limited route's 2xx (not under RATELIMIT_MODE=shadow, which sends none there) and on every
+  429;
 - 413 where a body is taken, 431 and 500 everywhere; FastAPI's 422 as problem+json;
 - 404 where a path parameter can name nothing, or where the route declares it.
 
