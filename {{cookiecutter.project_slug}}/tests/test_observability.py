@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
 
 from .conftest import create_key, metric, running_client, set_plan
+from .test_concurrency import app_with_slow_routes
 
 
 async def test_the_request_id_comes_from_the_proxy_or_is_made_and_is_echoed(make_settings):
@@ -216,3 +217,14 @@ def test_each_metric_is_exposed_exactly_as_prometheus_client_exposes_it(name, mo
                 else:
                     one.set(amount)
     assert prometheus_client.generate_latest(ours) == prometheus_client.generate_latest(theirs)
+
+
+async def test_the_access_lines_duration_is_in_milliseconds(make_settings, caplog):
+    # A request of a known length (the tests' /slow sleeps 0.3 s): its duration_ms says 300
+    # or a little more, not 0.3 (seconds) nor 300,000 (microseconds).
+    caplog.set_level(logging.INFO)
+    settings = make_settings()
+    async with running_client(settings, app=app_with_slow_routes(settings)) as client:
+        assert (await client.get("/slow?seconds=0.3")).status_code == 200
+    (line,) = [line for line in access_lines(caplog.records) if line["route"] == "/slow"]
+    assert 300 <= line["duration_ms"] < 3_000, line
