@@ -29,6 +29,7 @@ import httpx
 import pytest
 import redis
 from fastapi import FastAPI
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.database import create_engine, session_factory
@@ -504,3 +505,22 @@ def storage_errors(text: str, *kinds: str) -> float:
     """Failed storage calls in Prometheus' text format: of the kinds given, else of every kind."""
     kinds = kinds or ("timeout", "connection", "server", "reply")
     return sum(metric(text, "ratelimit_storage_errors_total", kind=kind) for kind in kinds)
+
+
+def count_statements(app: FastAPI) -> list[str]:
+    """Every SQL statement the app's own engine sends from now on, as a list that grows.
+
+    The rule: a claim that something is cached (no database read, no Redis call per request)
+    is backed by a count of those reads or calls, never by the answers alone, which a cache
+    that reads every time gives too. (Redis calls: a throwaway redis-server's INFO
+    commandstats.) Likewise a stand-in server answers each call distinguishably, so that a
+    reply given to the wrong call fails a test; and a test waits for the line or count it
+    needs with a deadline (wait_until) rather than reading it once.
+    """
+    statements: list[str] = []
+
+    def record(connection: object, cursor: object, statement: str, *rest: object) -> None:
+        statements.append(statement)
+
+    event.listen(app.state.db_engine.sync_engine, "before_cursor_execute", record)
+    return statements

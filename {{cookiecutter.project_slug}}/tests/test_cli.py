@@ -21,6 +21,7 @@ from .conftest import (
     create_key,
     free_port,
     run_cli,
+    running_client,
 )
 
 # The revision ids of migrations/versions/, oldest first.
@@ -208,3 +209,34 @@ async def test_a_key_cannot_be_created_on_an_inactive_plan(database_url):
     await run_cli(database_url, "plans", "update", "free", "--activate")
     code, _, _ = await run_cli(database_url, "keys", "create", "--plan", "free", "--owner", "x")
     assert code == 0
+
+
+async def test_deactivating_a_plan_refuses_its_keys_and_activating_it_serves_them_again(
+    database_url, make_settings
+):
+    key = await create_key(database_url, "pro")
+
+    async def status() -> int:  # a new app each time: a fresh plan cache
+        async with running_client(make_settings()) as client:
+            return (await client.get("/v1/items", headers={"X-API-Key": key})).status_code
+
+    assert await status() == 200
+    code, _, stderr = await run_cli(database_url, "plans", "update", "pro", "--deactivate")
+    assert (code, stderr) == (0, "")
+    _, listed, _ = await run_cli(database_url, "plans", "list")
+    (pro,) = [line for line in listed.splitlines() if line.startswith("pro")]
+    assert pro.endswith("(inactive)")
+    assert await status() == 401
+    code, _, stderr = await run_cli(database_url, "plans", "update", "pro", "--activate")
+    assert (code, stderr) == (0, "")
+    assert await status() == 200
+
+
+async def test_the_anonymous_plan_cannot_be_deactivated(database_url, make_settings):
+    code, stdout, stderr = await run_cli(
+        database_url, "plans", "update", "anonymous", "--deactivate"
+    )
+    assert code == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and "anonymous plan cannot be deactivated" in stderr
+    async with running_client(make_settings()) as client:  # still served
+        assert (await client.get("/v1/items")).status_code == 200

@@ -8,6 +8,7 @@ import signal
 import time
 
 import httpx
+import redis
 
 from {{ cookiecutter.package_name }}.main import create_app
 
@@ -153,3 +154,78 @@ async def test_a_request_longer_than_the_lease_keeps_its_slot(
         late = await client.get(f"{server}/slow?seconds=0")
         assert [r.status_code for r in await asyncio.gather(*held)] == [200] * IN_FLIGHT
     assert late.status_code == 429
+
+
+def in_flight(redis_url: str, key_prefix: str) -> int:
+    """The slots held now, read from the counters (probing with requests would spend the
+    plan's budget, and take slots themselves)."""
+    store = redis.Redis.from_url(redis_url)
+    try:
+        seconds, micros = store.time()
+        now = seconds * 1000 + micros // 1000
+        keys = store.scan_iter(match=f"{key_prefix}:*:concurrency:*")
+        return sum(store.zcount(key, f"({now}", "+inf") for key in keys)
+    finally:
+        store.close()
+
+
+async def wait_for_slots(redis_url: str, key_prefix: str, count: int, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while in_flight(redis_url, key_prefix) != count:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_cancelled_request_frees_its_slot_at_once(
+    make_settings, database_url, redis_url, key_prefix
+):
+    # The lease is 30 s: only an immediate release lets the next requests in.
+    await set_plan(database_url, "anonymous", "100/minute")
+    settings = make_settings()
+    async with running_client(settings, app=app_with_slow_routes(settings)) as client:
+        held = [asyncio.ensure_future(client.get("/slow?seconds=30")) for _ in range(IN_FLIGHT)]
+        await wait_for_slots(redis_url, key_prefix, IN_FLIGHT, "the slow requests' slots")
+        for request in held:
+            request.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        again = await asyncio.gather(*(client.get("/slow?seconds=0") for _ in range(IN_FLIGHT)))
+    assert [r.status_code for r in again] == [200] * IN_FLIGHT
+
+
+async def test_a_slot_that_expired_while_its_instance_stalled_is_not_renewed(
+    start_uvicorn, redis_url, key_prefix, database_url
+):
+    # An instance stalled (SIGSTOP) longer than a lease loses its slots to other requests; when
+    # it wakes up, renewing its leases must not take them back behind their backs.
+    await set_plan(database_url, "anonymous", "1000/minute")
+    env = {"RATELIMIT_CONCURRENCY_LEASE_SECONDS": "1"}
+    stalled, other = (
+        start_slow_app(start_uvicorn, redis_url, key_prefix, database_url, **env) for _ in range(2)
+    )
+    pid = start_uvicorn.processes[stalled].pid
+    async with httpx.AsyncClient(timeout=30) as client:
+        held = [
+            asyncio.ensure_future(client.get(f"{stalled}/slow?seconds=4")) for _ in range(IN_FLIGHT)
+        ]
+        await wait_for_slots(redis_url, key_prefix, IN_FLIGHT, "the stalled instance's slots")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await wait_for_slots(redis_url, key_prefix, 0, "its leases to run out")
+            taken = [
+                asyncio.ensure_future(client.get(f"{other}/slow?seconds=1.5"))
+                for _ in range(IN_FLIGHT)
+            ]
+            await wait_for_slots(redis_url, key_prefix, IN_FLIGHT, "the other instance's slots")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Awake: it renews its leases at once (its renewal timer is overdue), while its own
+        # requests still run for seconds.
+        deadline = time.monotonic() + 5
+        while (await client.get(f"{stalled}/health/live")).status_code != 200:
+            assert time.monotonic() < deadline
+        await asyncio.sleep(0.5)
+        assert in_flight(redis_url, key_prefix) == IN_FLIGHT
+        assert [r.status_code for r in await asyncio.gather(*taken)] == [200] * IN_FLIGHT
+        after = await asyncio.gather(*(client.get(f"{other}/slow?seconds=0") for _ in range(2)))
+        await asyncio.gather(*held, return_exceptions=True)
+    assert [r.status_code for r in after] == [200] * IN_FLIGHT

@@ -119,3 +119,63 @@ async def test_the_quota_endpoint_is_limited_by_a_limit_of_its_own(make_settings
         refused = await client.get("/v1/rate-limit")
     assert answers[:120] == [200] * 120 and answers[120] == 429
     assert refused.json()["policy"] == "rate_limit"
+
+
+def _required_headers(document: dict, path: str, method: str, status: str) -> set[str]:
+    """The headers the document promises on one answer (their names, lowercase)."""
+    answer = document["paths"][path][method]["responses"][status]
+    promised = set()
+    for name, header in answer.get("headers", {}).items():
+        if "$ref" in header:
+            header = document["components"]["headers"][header["$ref"].rsplit("/", 1)[1]]
+        if header.get("required"):
+            promised.add(name.lower())
+    return promised
+
+
+# The rule: every mode that changes what the service answers runs the contract test, since the
+# document is generated from the settings too (schemathesis runs them in test_security.py).
+MODES = {
+    "enforce": {},
+    "shadow": {"ratelimit_mode": "shadow"},
+    "fail-closed": {"ratelimit_outage_policy": "fail-closed"},
+    "trusted-proxies": {"trusted_proxies": ["203.0.113.10"]},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_mode_sends_the_headers_its_document_promises(mode, make_settings):
+    async with running_client(make_settings(**MODES[mode]), client_ip="203.0.113.10") as client:
+        document = (await client.get("/openapi.json")).json()
+        listed = await client.get("/v1/items")
+        created = await client.post("/v1/items", json={"name": "n"})
+        forwarded = await client.get("/v1/items", headers={"X-Forwarded-For": "not-an-address"})
+    for response, path, method in [(listed, "/v1/items", "get"), (created, "/v1/items", "post")]:
+        status = str(response.status_code)
+        assert status.startswith("2"), response.text
+        promised = _required_headers(document, path, method, status)
+        assert "x-request-id" in promised
+        assert promised <= set(response.headers), promised - set(response.headers)
+    if mode == "shadow":  # nothing can refuse: no quota to tell
+        assert "ratelimit" not in listed.headers
+        assert "ratelimit" not in _required_headers(document, "/v1/items", "get", "200")
+    else:
+        assert "ratelimit" in _required_headers(document, "/v1/items", "get", "200")
+    # 400 for a forwarded non-address: answered, and documented on a route without a body,
+    # only where proxies are trusted. (A route taking a body always lists it: FastAPI's 400
+    # for a body it cannot decode.)
+    documented = {
+        status
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        if "requestBody" not in operation
+        for status in operation["responses"]
+    }
+    assert "400" in document["paths"]["/v1/items"]["post"]["responses"]
+    if mode == "trusted-proxies":
+        assert forwarded.status_code == 400
+        assert forwarded.headers["content-type"] == "application/problem+json"
+        assert "400" in document["paths"]["/v1/items"]["get"]["responses"]
+    else:
+        assert forwarded.status_code == 200
+        assert "400" not in documented

@@ -117,3 +117,39 @@ async def test_the_database_refuses_key_and_shadow_limits_it_cannot_read(databas
         )
     finally:
         await connection.close()
+
+
+async def test_a_blocked_keys_reason_is_shown_only_to_a_holder_of_its_secret(
+    make_settings, database_url
+):
+    # Public ids are printed by `keys list` and begin every key: one with a wrong secret is an
+    # ordinary failed authentication (401, then 429 past AUTH_FAILURE_LIMIT), never the 403
+    # with the operator's reason.
+    await set_plan(database_url, "pro", "100/minute")
+    key = await create_key(database_url, "pro")
+    code, _, _ = await run_cli(
+        database_url, "keys", "update", public_id(key), "--block", "invoice 42 unpaid"
+    )
+    assert code == 0
+    forged = key[: -len("secret")] + "SECRET"  # the public id, another secret of the same form
+    async with running_client(make_settings(auth_failure_limit="2/minute")) as client:
+        holder = await client.get("/v1/items", headers={"X-API-Key": key})
+        guesses = [await client.get("/v1/items", headers={"X-API-Key": forged}) for _ in range(3)]
+    assert holder.status_code == 403 and "invoice 42" in holder.json()["detail"]
+    assert [r.status_code for r in guesses] == [401, 401, 429]
+    assert not [r for r in guesses if "invoice" in r.text]
+
+
+async def test_a_keys_limits_of_every_route_replace_its_plans_per_route_limits_too(
+    make_settings, database_url
+):
+    await set_plan(database_url, "pro", "100/minute", route_limits={"/v1/items": "2/minute"})
+    key = await create_key(database_url, "pro")
+    code, _, _ = await run_cli(
+        database_url, "keys", "update", public_id(key), "--limits", "4/minute"
+    )
+    assert code == 0
+    async with running_client(make_settings()) as client:
+        assert await statuses(client, key, 5) == [200] * 4 + [429]
+        answer = await client.get("/v1/items", headers={"X-API-Key": key})
+    assert answer.headers["ratelimit-policy"] == '"pro";q=4;w=60'

@@ -15,6 +15,7 @@ from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
 
 from .conftest import create_key, metric, running_client, set_plan, wait_for_line
+from .test_concurrency import app_with_slow_routes
 
 LOG_KEY = "a-test-key-of-the-deployment"
 
@@ -250,3 +251,14 @@ async def test_documentation_pages_and_answers_before_routing_are_counted_under_
     assert metric(scraped, "http_requests_total", **unmatched) == metric(
         before, "http_requests_total", **unmatched
     )
+
+
+async def test_the_access_lines_duration_is_in_milliseconds(make_settings, caplog):
+    # A request of a known length (the tests' /slow sleeps 0.3 s): its duration_ms says 300
+    # or a little more, not 0.3 (seconds) nor 300,000 (microseconds).
+    caplog.set_level(logging.INFO)
+    settings = make_settings()
+    async with running_client(settings, app=app_with_slow_routes(settings)) as client:
+        assert (await client.get("/slow?seconds=0.3")).status_code == 200
+    (line,) = [line for line in access_lines(caplog.records) if line["route"] == "/slow"]
+    assert 300 <= line["duration_ms"] < 3_000, line

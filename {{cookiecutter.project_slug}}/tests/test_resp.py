@@ -45,3 +45,55 @@ async def test_a_batch_cancelled_in_flight_leaves_the_others_to_run_once():
         await client.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_every_reply_goes_to_its_own_call_even_past_a_cancelled_batch():
+    # The stand-in answers each call with the number in its key (`key:7` -> [7]), slowly and
+    # in pieces: a reply handed to the wrong call fails here, which identical replies hide.
+    async def numbering_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader()
+        while data := await reader.read(65536):
+            parser.feed(data)
+            while (command := parser.gets()) is not False:
+                number = int(command[3].split(b":")[1])  # EVALSHA sha numkeys key
+                reply = b"*1\r\n:%d\r\n" % number
+                await asyncio.sleep(0.01)
+                writer.write(reply[:5])  # a reply cut in two: the parser waits for the rest
+                await writer.drain()
+                await asyncio.sleep(0.005)
+                writer.write(reply[5:])
+
+    server = await asyncio.start_server(numbering_redis, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pool = BlockingConnectionPool.from_url(
+        f"redis://127.0.0.1:{port}", socket_timeout=2.0, socket_connect_timeout=1.0
+    )
+    client = Redis(connection_pool=pool)
+    runner = ScriptRunner(client, "return {1}", max_calls=10, timeout=5.0)
+    try:
+        # Many calls, in batches of several ticks, on one connection.
+        calls = []
+        for tick in range(4):
+            calls += [
+                asyncio.create_task(runner.call([f"key:{tick * 10 + n}"], ["x"])) for n in range(5)
+            ]
+            await asyncio.sleep(0)
+        replies = await asyncio.gather(*calls)
+        assert replies == [[tick * 10 + n] for tick in range(4) for n in range(5)]
+
+        # A batch of two cancelled while in flight (its timeout, say): its replies still come,
+        # and are dropped, not handed to the call sent after it.
+        cancelled = [asyncio.create_task(runner.call([f"key:{n}"], ["x"])) for n in (101, 102)]
+        await asyncio.sleep(0.005)
+        (sending,) = runner._sending
+        after = asyncio.create_task(runner.call(["key:103"], ["x"]))
+        await asyncio.sleep(0.005)
+        sending.cancel()
+        assert await after == [103]
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        assert await runner.call(["key:104"], ["x"]) == [104]
+    finally:
+        runner.close()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -101,12 +101,15 @@ def test_oversized_headers_are_refused_with_a_431(
 CONTRACT_CHECKS = "all"
 
 
-@pytest.mark.parametrize("caller", ["anonymous", "api-key", "redis-away-fail-closed"])
+@pytest.mark.parametrize(
+    "caller", ["anonymous", "api-key", "redis-away-fail-closed", "shadow", "trusted-proxies"]
+)
 def test_the_api_answers_as_its_openapi_document_says(
     caller, request, start_uvicorn, redis_url, key_prefix, database_url, tmp_path
 ):
     """Schemathesis, with every check, over every operation: anonymous and with a key, with
-    limits low enough that 429s come, and fail-closed with Redis stopped (503s)."""
+    limits low enough that 429s come, fail-closed with Redis stopped (503s), in shadow mode
+    and behind trusted proxies: every mode that changes the document runs it."""
     asyncio.run(set_plan(database_url, "anonymous", "30/minute"))
     asyncio.run(set_plan(database_url, "free", "30/minute"))
     env = {"REDIS_URL": redis_url, "RATELIMIT_KEY_PREFIX": key_prefix, "DATABASE_URL": database_url}
@@ -115,6 +118,11 @@ def test_the_api_answers_as_its_openapi_document_says(
     if caller == "api-key":
         key = asyncio.run(create_key(database_url, "free"))
         options = ["--header", f"Authorization: Bearer {key}"]
+    if caller == "shadow":  # nothing refuses, and the document says no quota headers come
+        env |= {"RATELIMIT_MODE": "shadow"}
+        expected = {"2xx"}
+    if caller == "trusted-proxies":  # the document then lists 400 for a bad X-Forwarded-For
+        env |= {"TRUSTED_PROXIES": "127.0.0.1"}
     if caller == "redis-away-fail-closed":
         redis_server = request.getfixturevalue("throwaway_redis")
         env |= {"REDIS_URL": redis_server.url, "RATELIMIT_OUTAGE_POLICY": "fail-closed"}

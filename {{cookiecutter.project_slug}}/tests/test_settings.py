@@ -128,3 +128,10 @@ def test_an_unreachable_redis_is_one_warning_at_start_up(database_url, tmp_path)
     assert len(warnings) == 1, text
     assert f"redis://:***@127.0.0.1:{redis_port}/0" in warnings[0]
     assert PASSWORD not in text
+
+
+@pytest.mark.parametrize("limit", ["0/minute", "10/second;0/day"])
+def test_a_failed_authentication_limit_of_zero_is_refused(limit):
+    # Zero would refuse every failed authentication, a 429 for a first typo: never meant.
+    with pytest.raises(ValueError, match="auth_failure_limit"):
+        Settings(_env_file=None, auth_failure_limit=limit)

@@ -3,6 +3,8 @@ refusing nothing, and absent from the quota headers (README, Rolling out a new l
 
 import logging
 
+import redis
+
 from .conftest import metric, running_client, set_plan
 
 # /v1/items/1 answers 404 when served (there is no item 1), 429 when refused.
@@ -119,3 +121,55 @@ async def test_a_plan_shadow_limit_equal_to_a_limit_under_shadow_mode_counts_apa
     assert [r.status_code for r in responses] == [SERVED] * 8
     logged = [r.request_id for r in shadow_records(caplog)]
     assert logged == [f"request-{n:04d}" for n in (5, 5, 6, 6, 7, 7)]  # one line per limit
+
+
+async def test_ratelimit_mode_shadow_covers_the_limits_a_route_declares(
+    make_settings, database_url, caplog
+):
+    # POST /v1/items declares an enforced 10/minute: under RATELIMIT_MODE=shadow it refuses
+    # nothing either, and its would-be refusals are logged as shadow ones.
+    caplog.set_level(logging.INFO)
+    await set_plan(database_url, "anonymous", "100/minute")
+    async with running_client(make_settings(ratelimit_mode="shadow")) as client:
+        responses = [
+            await client.post(
+                "/v1/items", json={"name": "n"}, headers={"X-Request-ID": f"request-{n:04d}"}
+            )
+            for n in range(12)
+        ]
+    assert [r.status_code for r in responses] == [201] * 12
+    refused = [r for r in shadow_records(caplog) if r.policy == "create_item"]
+    assert [r.request_id for r in refused] == ["request-0010", "request-0011"]
+    assert not [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
+
+
+async def test_a_shadow_limits_would_be_refusals_are_not_counted(
+    make_settings, database_url, redis_url, key_prefix
+):
+    # Counted as if enforced: a request it would refuse is not a hit, so the shadow counter
+    # holds what enforcing the limit would have let through, and no more.
+    await set_plan(database_url, "anonymous", "100/minute", shadow_limits="5/minute")
+    async with running_client(make_settings()) as client:
+        responses = await send(client, 8)
+        report = (await client.get("/v1/rate-limit")).json()
+    assert [r.status_code for r in responses] == [SERVED] * 8
+    store = redis.Redis.from_url(redis_url)
+    try:
+        (counter,) = list(store.scan_iter(match=f"{key_prefix}:*plan-shadow:/v1/items/*"))
+        assert store.zcard(counter) == 5  # the moving window: one member per hit
+    finally:
+        store.close()
+    (shadow,) = [q for q in report["quotas"] if q["route"] == "/v1/items/{item_id}" and q["shadow"]]
+    assert (shadow["limit"], shadow["remaining"]) == (5, 0)
+
+
+async def test_the_quota_endpoint_says_shadow_under_ratelimit_mode_shadow(
+    make_settings, database_url
+):
+    await set_plan(database_url, "anonymous", "5/minute")
+    async with running_client(make_settings(ratelimit_mode="shadow")) as client:
+        await send(client, 2)
+        report = (await client.get("/v1/rate-limit")).json()
+    quotas = [q for q in report["quotas"] if q["route"] == "/v1/items/{item_id}"]
+    assert [(q["limit"], q["remaining"], q["shadow"]) for q in quotas] == [(5, 3, True)]
+    assert all(quota["shadow"] for quota in report["quotas"])

@@ -101,10 +101,11 @@ for i = 1, n do
     state = math.ceil(tat + interval * cost)
     -- tokens in use; "count + cost <= amount" below is then "state - now <= window"
     count = math.ceil((tat - now) / interval)
+    -- A peek tells what the next request would be told (the quota endpoint's promise):
+    -- admitted, its bucket is full again at the new TAT; refused, it fits once that is
+    -- within one window.
     if count + cost > amount then
       reset = state - window
-    elseif peek then -- nothing spent: the bucket is full again at the current TAT
-      reset = math.ceil(tat)
     else
       reset = state
     end

@@ -229,8 +229,10 @@ class MemoryGcra:
             arrival = max(self._arrivals.get(key, now), now)
             in_use = math.ceil((arrival - now) / interval - 1e-9)
             allowed = in_use + limit.cost <= limit.item.amount
-            # when the bucket is full again, or (refused) when this request would fit
-            fits = arrival if allowed else arrival + interval * limit.cost - limit.window_seconds
+            # what the next request would be told, as evaluate() tells it: when its bucket is
+            # full again, or (refused) when it would fit
+            after = arrival + interval * limit.cost
+            fits = after if allowed else after - limit.window_seconds
             remaining = limit.item.amount - in_use
             results.append(LimitResult(limit, allowed, remaining, wall + fits - now))
         return tuple(results)

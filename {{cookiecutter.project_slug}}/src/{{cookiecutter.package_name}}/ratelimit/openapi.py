@@ -6,8 +6,9 @@ caller middleware looks at its key) and the settings, never written by hand per 
   /metrics; a limited route wherever it is): 429 from the route's limits or from failed
   authentications, 503 for an unknown key while the plans database is away, a limited
   route under fail-closed while Redis is away, or a caller shed under overload; 400 where a
-  trusted proxy can forward a non-address; the quota headers on a limited route's 2xx and on
-  every 429;
+  trusted proxy can forward a non-address, and where a body is taken; the quota headers on a
+  limited route's 2xx (not under RATELIMIT_MODE=shadow, which sends none there) and on every
+  429;
 - 413 where a body is taken, 431 and 500 everywhere; FastAPI's 422 as problem+json;
 - 404 where a path parameter can name nothing, or where the route declares it.
 
@@ -98,7 +99,15 @@ def _responses(settings: Settings) -> Document:
     closed = settings.ratelimit_outage_policy == "fail-closed"
     shedding = settings.load_shedding_lag_ms > 0
     return {
-        "BadRequest": _refusal("A trusted proxy forwarded something that is not a client address."),
+        "BadRequest": _refusal(
+            "The body cannot be read (JSON that is not UTF-8, say)"
+            + (
+                ", or a trusted proxy forwarded something that is not a client address"
+                if settings.trusted_proxies
+                else ""
+            )
+            + "."
+        ),
         "Unauthorized": _refusal(
             "The API key is malformed, unknown or revoked (or two different keys were sent).",
             "WWW-Authenticate",
@@ -145,6 +154,9 @@ def _answers_its_own_media_type(route: APIRoute) -> bool:
 def _document(operation: Document, route: APIRoute, path: str, settings: Settings) -> None:
     responses: Document = operation.setdefault("responses", {})
     limited = isinstance(route, RateLimitedRoute) and not is_exempt(limiter, route.endpoint)
+    # Under RATELIMIT_MODE=shadow no limit can refuse, so a 2xx carries no quota headers: the
+    # document must not promise them (a client generated from it would reject every answer).
+    quota_on_success = limited and settings.ratelimit_mode != "shadow"
     reads_key = limited or reads_credentials(path)
     refusals: dict[str, str] = {"431": "HeadersTooLarge", "500": "ServerError"}
     if reads_key:  # a limited route, or failed authentications counted per address
@@ -158,7 +170,8 @@ def _document(operation: Document, route: APIRoute, path: str, settings: Setting
         if settings.trusted_proxies:
             refusals["400"] = "BadRequest"
     if "requestBody" in operation:
-        refusals["413"] = "ContentTooLarge"
+        # FastAPI's own 400 for a body it cannot decode, as problem+json (found by schemathesis)
+        refusals |= {"400": "BadRequest", "413": "ContentTooLarge"}
     if any(parameter.get("in") == "path" for parameter in operation.get("parameters", ())):
         refusals["404"] = "NotFound"
     if "422" in responses:  # FastAPI's, in its own shape: ours instead
@@ -168,7 +181,7 @@ def _document(operation: Document, route: APIRoute, path: str, settings: Setting
             if _answers_its_own_media_type(route):
                 response.pop("content", None)
             headers = response.setdefault("headers", {})
-            for name in ("X-Request-ID", *(QUOTA_HEADERS if limited else ())):
+            for name in ("X-Request-ID", *(QUOTA_HEADERS if quota_on_success else ())):
                 headers[name] = {"$ref": f"#/components/headers/{name}"}
         elif status[:1] in "45" and not response.get("content"):
             refusals.setdefault(status, "")  # declared by the route, without a body: ours
