@@ -377,6 +377,7 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
         *,
         log_level: str = "warning",
         stderr: Path | None = None,
+        workers: int = 1,
         **env: str,
     ) -> str:
         """`stderr`: a file to write the server's stderr (its logs) to, for the test to read."""
@@ -385,7 +386,7 @@ def start_uvicorn(tmp_path: Path) -> Iterator[Callable[..., str]]:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app,
              "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers",
-             "--log-level", log_level],
+             "--log-level", log_level, "--workers", str(workers)],
             cwd=tmp_path,  # away from the project's .env: the test decides every setting
             # Load shedding off unless the test sets it (as make_settings does): tests that
             # flood an instance on purpose expect 200s and 429s, never a shed 503.

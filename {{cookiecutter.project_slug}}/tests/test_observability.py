@@ -3,16 +3,16 @@
 import hmac
 import json
 import logging
+import os
 import re
-import time
+import threading
 
 import httpx
-import prometheus_client
-import pytest
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
+from {{ cookiecutter.package_name }}.observability.metrics import child
 
 from .conftest import create_key, metric, running_client, set_plan, wait_for_line
 from .test_concurrency import app_with_slow_routes
@@ -190,42 +190,45 @@ async def test_request_durations_are_a_histogram_by_route_method_and_status_clas
     assert 0 < delta("sum", status="2xx", **route) < 5 * 10
 
 
-METRICS = {
-    name: value
-    for name, value in vars(metrics).items()
-    if isinstance(value, metrics.Family | metrics.Gauge)
-}
+def test_metrics_of_several_workers_are_added_up(start_uvicorn, database_url, key_prefix, tmp_path):
+    """With `--workers N` and PROMETHEUS_MULTIPROC_DIR (README), /metrics counts every
+    worker's requests, whichever worker answers the scrape."""
+    multiproc = tmp_path / "prometheus"
+    multiproc.mkdir()
+    base_url = start_uvicorn(
+        "{{ cookiecutter.package_name }}.main:app",
+        workers=2,
+        REDIS_URL=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        DATABASE_URL=database_url,
+        RATELIMIT_KEY_PREFIX=key_prefix,
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+    )
+    sent = 40
+    for _ in range(sent):  # a new connection each: the kernel spreads them over the workers
+        assert httpx.get(f"{base_url}/health/live", timeout=10).status_code == 200
+    pids = {path.name.split("_")[-1] for path in multiproc.glob("counter_*.db")}
+    assert len(pids) == 2, pids  # both workers answered some
+    scraped = httpx.get(f"{base_url}/metrics", timeout=10).text
+    labels = {"method": "GET", "route": "/health/live", "status": "200"}
+    # start_uvicorn's own readiness polls are /health/live requests too.
+    assert metric(scraped, "http_requests_total", **labels) >= sent
 
 
-@pytest.mark.parametrize("name", sorted(METRICS))
-def test_each_metric_is_exposed_exactly_as_prometheus_client_exposes_it(name, monkeypatch):
-    """observability/metrics.py keeps plain floats; what it exposes must stay what
-    prometheus-client's own Counter, Histogram and Gauge expose for the same updates."""
-    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.25)  # the `_created` samples
-    defined = METRICS[name]
-    kind = type(defined).__name__  # Counter, Histogram or Gauge, as in prometheus-client
-    labelnames = getattr(defined, "labelnames", ())
-    args = {"name": defined.name, "documentation": defined.documentation}
-    if labelnames:
-        args["labelnames"] = labelnames
-    if kind == "Histogram":
-        args["buckets"] = defined.bounds[:-1]
-    ours, theirs = prometheus_client.CollectorRegistry(), prometheus_client.CollectorRegistry()
-    twins = [
-        type(defined)(**args, registry=ours),
-        getattr(prometheus_client, kind)(**args, registry=theirs),
-    ]
-    for twin in twins:
-        for values in [("b",) * len(labelnames), ("a",) * len(labelnames)] if labelnames else [()]:
-            one = twin.labels(*values) if values else twin
-            for amount in (0.0, 0.0005, 0.0007, 0.001, 0.3, 2.5, 3.0, 1e9):  # on, between, past
-                if kind == "Counter":
-                    one.inc()
-                elif kind == "Histogram":
-                    one.observe(amount)
-                else:
-                    one.set(amount)
-    assert prometheus_client.generate_latest(ours) == prometheus_client.generate_latest(theirs)
+def test_a_sync_endpoint_may_update_metrics_from_its_worker_thread():
+    """prometheus-client's objects take a lock: updates from threads are never lost."""
+    counter = child(metrics.RATELIMIT_DECISIONS, "test-plan", "/threads", "allowed")
+    before = counter._value.get()
+
+    def work() -> None:
+        for _ in range(10_000):
+            child(metrics.RATELIMIT_DECISIONS, "test-plan", "/threads", "allowed").inc()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counter._value.get() - before == 80_000
 
 
 async def test_documentation_pages_and_answers_before_routing_are_counted_under_their_route(
