@@ -27,7 +27,7 @@ from ..outages import Outage, Unavailable
 from ..settings import OutagePolicy
 from .counting import Counter, Decision, LimitResult, Slots
 from .redis_counter import RedisCounter
-from .rules import LimitSet
+from .rules import AppliedLimit, LimitSet
 from .storage import error_kind
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ class Failover:
         self._outage = Outage(detail, retry_interval)
         # When the first timeout of a suspected outage happened (monotonic), or None.
         self._suspect_since: float | None = None
-        # A reply error's limit set -> until when it is not logged again.
-        self._logged_errors: dict[tuple[str, tuple[int, ...]], float] = {}
+        # A reply error's limits -> until when it is not logged again.
+        self._logged_errors: dict[tuple[AppliedLimit, ...], float] = {}
         RATELIMIT_STORAGE_UP.set(1 if isinstance(counter, RedisCounter) else 0)
 
     def remembered(self, identity: str, limit_set: LimitSet) -> Decision | None:
@@ -159,7 +159,7 @@ class Failover:
     def _reply_error(self, exc: BaseException, limit_set: LimitSet) -> None:
         # One line per limit set (a plan's or a key's limits on a route) and interval: a bad
         # limit fails every request of its callers, and each failure is counted anyway.
-        signature = (limit_set.policy_header.decode(), limit_set.script_args)
+        signature = limit_set.limits
         now = time.monotonic()
         if self._logged_errors.get(signature, 0.0) > now:
             return

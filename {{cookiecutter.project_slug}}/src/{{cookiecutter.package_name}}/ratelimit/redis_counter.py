@@ -33,6 +33,20 @@ ALGORITHM_CLAIM_SECONDS = 30.0
 logger = logging.getLogger(__name__)
 
 
+def script_args(limit_set: LimitSet) -> tuple[int, ...]:
+    """check.lua's arguments for the limits of a set (after the deadline, strategy, nonce,
+    exact_max and lease): n, then amount, window seconds, cost and flags for each, flags 1
+    shadow and 2 concurrency. Worked out on the set's first check, then kept with it."""
+    args: tuple[int, ...] | None = limit_set.memo.get("check.lua")
+    if args is None:
+        encoded = [len(limit_set.limits)]
+        for limit in limit_set.limits:
+            flags = (1 if limit.shadow else 0) | (2 if limit.concurrent else 0)
+            encoded += [limit.item.amount, limit.window_seconds, limit.cost, flags]
+        args = limit_set.memo["check.lua"] = tuple(encoded)
+    return args
+
+
 class RedisCounter:
     """Counts in Redis: one check.lua call per request (storage.py sends it).
 
@@ -109,7 +123,7 @@ class RedisCounter:
         if not self._refusing:  # nothing refused lately: spare building the keys twice
             return None
         keys = [self.key(identity, limit) for limit in limit_set.limits]
-        known = self._refusing.get((*keys, *limit_set.script_args))
+        known = self._refusing.get((*keys, *script_args(limit_set)))
         if known is not None and known[0] > time.monotonic():
             return known[1]
         return None
@@ -132,7 +146,7 @@ class RedisCounter:
             wall, clock = time.time(), time.monotonic()
             until = max(result.reset_at for result in refused)
             if until > wall:
-                signature: tuple[str | int, ...] = (*keys, *limit_set.script_args)
+                signature: tuple[str | int, ...] = (*keys, *script_args(limit_set))
                 self._remember_refusal(signature, clock + until - wall, results)
         slots = None
         if admitted and limit_set.holds_slots:
@@ -248,7 +262,7 @@ class RedisCounter:
         keys = [self.key(identity, limit) for limit in limits]
         # The runner puts the call's deadline first, when it writes the call.
         reply = await self._script.call(
-            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *limit_set.script_args]
+            keys, [self._strategy, nonce, self._max_hits, self._lease_arg, *script_args(limit_set)]
         )
         server_now, wall = reply[1], time.time()
         if reply[0] == -1:

@@ -69,11 +69,6 @@ class AppliedLimit:
         object.__setattr__(self, "key_suffix", ":".join([*self.namespace, window]))
         object.__setattr__(self, "text", text)
 
-    @property
-    def flags(self) -> int:
-        """How check.lua counts it: 1 shadow, 2 concurrency (bits)."""
-        return (1 if self.shadow else 0) | (2 if self.concurrent else 0)
-
 
 @dataclass(frozen=True, slots=True)
 class LimitSet:
@@ -83,10 +78,11 @@ class LimitSet:
     # RateLimit-Policy header value: the same for every request checked against this set. Only
     # enforced limits: a client must not slow down for a limit that cannot refuse it.
     policy_header: bytes = field(init=False)
-    # The check script's arguments after its first four: n, then amount, window, cost, flags.
-    script_args: tuple[int, ...] = field(init=False)
     # Whether a request admitted under this set holds a slot until its response is done.
     holds_slots: bool = field(init=False)
+    # What a counter derives from the set once and reuses for every request (the Redis
+    # counter's script arguments), by the counter's name. The rules know nothing of it.
+    memo: dict[str, Any] = field(init=False, compare=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         policies = ", ".join(
@@ -96,11 +92,7 @@ class LimitSet:
             for limit in self.limits
             if not limit.shadow
         )
-        args = [len(self.limits)]
-        for limit in self.limits:
-            args += [limit.item.amount, limit.window_seconds, limit.cost, limit.flags]
         object.__setattr__(self, "policy_header", policies.encode())
-        object.__setattr__(self, "script_args", tuple(args))
         object.__setattr__(self, "holds_slots", any(limit.concurrent for limit in self.limits))
 
 
