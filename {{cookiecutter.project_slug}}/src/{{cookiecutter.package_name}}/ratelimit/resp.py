@@ -2,11 +2,13 @@
 calls of a batch in one go and hands each reply, in order, to the future waiting for it.
 
 Why not redis-py for these calls: every call through a redis-py connection goes through its
-pool, its per-read timeout and its parser's awaitable reads, ~13 us of CPU per request in the
-service's benchmark; a protocol fed by hiredis's reader (the parser redis-py itself uses) is a
-write and a callback. It serves plain TCP and Unix-socket connections, the common case; with
-TLS, Sentinel or Cluster the calls stay on redis-py (storage.py chooses). Everything else
-(readiness pings, the cluster's slot map) stays on redis-py.
+pool, its per-read timeout and its parser's awaitable reads (the README's performance section
+has the CPU it costs per request); a protocol fed by hiredis's reader (the parser redis-py
+itself uses) is a write and a callback, and its timers can tell a slow Redis from a busy event
+loop (below). It is the one path of a single Redis: plain TCP, TLS (with the SSL context
+redis-py builds from the URL) and Unix sockets; Sentinel and Cluster stay on redis-py, which
+follows their topology (storage.py chooses). Everything else (readiness pings, the cluster's
+slot map) stays on redis-py.
 
 Redis answers the commands of one connection in the order they were sent, so the replies are
 matched to the calls by order alone; a call whose request went away (its future cancelled)
@@ -87,9 +89,12 @@ class RespChannel(asyncio.Protocol):
             if "path" in connection:
                 _, channel = await loop.create_unix_connection(cls, connection["path"])
             else:
+                host = connection.get("host", "localhost")
                 _, channel = await loop.create_connection(
-                    cls, connection.get("host", "localhost"), connection.get("port", 6379)
-                )
+                    cls, host, connection.get("port", 6379),
+                    ssl=connection.get("ssl_context"),
+                    server_hostname=host if connection.get("ssl_context") else None,
+                )  # fmt: skip
             try:
                 await channel._set_up(connection)
             except BaseException:

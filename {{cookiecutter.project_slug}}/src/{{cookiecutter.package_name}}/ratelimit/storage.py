@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import Connection, UnixDomainSocketConnection
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -189,14 +189,19 @@ def connect(url: str, settings: Settings) -> RedisClient:
 
 
 def _direct_connection(client: RedisClient) -> dict[str, object] | None:
-    """The connection settings of a plain TCP or Unix-socket Redis, which script calls reach
-    through resp.py; None for TLS, Sentinel and Cluster, which they reach through redis-py."""
+    """The connection settings of a single Redis (TCP, TLS or a Unix socket), which script
+    calls reach through resp.py; None for Sentinel and Cluster, which they reach through
+    redis-py (it follows their topology). With TLS, `ssl_context` is the context redis-py would
+    build from the URL's `ssl_*` settings."""
     if not isinstance(client, Redis):
         return None
     pool = client.connection_pool
-    if pool.connection_class not in (Connection, UnixDomainSocketConnection):
-        return None  # SSLConnection, or a Sentinel-managed connection
-    return dict(pool.connection_kwargs)
+    if pool.connection_class not in (Connection, UnixDomainSocketConnection, SSLConnection):
+        return None  # a Sentinel-managed connection
+    settings = dict(pool.connection_kwargs)
+    if pool.connection_class is SSLConnection:
+        settings["ssl_context"] = SSLConnection(**pool.connection_kwargs).ssl_context.get()
+    return settings
 
 
 class ScriptExpired(TimeoutError):
@@ -241,11 +246,11 @@ def count_error(exc: BaseException) -> None:
 class ScriptRunner:
     """Calls one Lua script by EVALSHA: the calls of one event-loop tick in one write.
 
-    Loads the script again when Redis has lost it (a restart, SCRIPT FLUSH). On a plain TCP or
-    Unix-socket Redis the calls travel on one connection of resp.py's, pipelined, each batch
-    bounded by the read timeout (REDIS_TIMEOUT_SECONDS) and a new connection by the connect
-    timeout: no call waits for another batch, so with Redis stalled no request waits much longer
-    than the timeout, however many arrive. Otherwise (TLS, Sentinel) on redis-py's pooled
+    Loads the script again when Redis has lost it (a restart, SCRIPT FLUSH). On a single Redis
+    (TCP, TLS or a Unix socket) the calls travel on one connection of resp.py's, pipelined, each
+    batch bounded by the read timeout (REDIS_TIMEOUT_SECONDS) and a new connection by the
+    connect timeout: no call waits for another batch, so with Redis stalled no request waits
+    much longer than the timeout, however many arrive. Through Sentinel on redis-py's pooled
     connections, at most `max_calls` batches at once, each bounded by `timeout`; on a cluster
     one call at a time.
     """
@@ -393,7 +398,7 @@ class ScriptRunner:
 
     async def _pipeline(self, batch: list[PendingCall]) -> list[Reply | ResponseError]:
         """Every call of the batch in one write, on resp.py's connection or a pooled redis-py
-        one (TLS, Sentinel), then their replies.
+        one (Sentinel), then their replies.
 
         Why not redis-py's Pipeline: it builds a command stack, encodes every argument through
         its encoder and wraps the exchange in retries and response callbacks, about twice the
