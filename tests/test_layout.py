@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEMPLATE, bake_ok
+from .conftest import SERVICE_TEMPLATE, TEMPLATE, bake_ok
 
 # Each part of the generated package (a top-level module or subpackage) and its floor: a part
 # imports only from parts on lower floors, or from inside itself. observability, outages and
@@ -141,6 +141,13 @@ def test_the_strategy_list_is_the_same_everywhere(cookies, package_dir):
     # check.lua decides each strategy in one branch, and admits hits in another for most
     # (and has one more, for concurrency limits: requests in flight, whatever the strategy).
     assert set(re.findall(r"strategy == '([a-z-]+)'", lua)) == {*defined, "concurrency"}
+    # The baked tests import the list (settings.STRATEGIES) rather than keep copies of it.
+    copies = [
+        path.name
+        for path in (SERVICE_TEMPLATE / "tests").glob("*.py")
+        if re.search(r'\["moving-window", "[a-z-]+"', path.read_text())
+    ]
+    assert copies == [], f"these tests keep their own list of strategies: {copies}"
     # And every answer bakes a service whose settings accept it.
     for strategy in asked:
         baked = bake_ok(cookies, {"ratelimit_strategy": strategy})

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Request
 
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute
+from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 from .conftest import running_client, set_plan
-
-STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 
 
 async def test_the_frameworks_errors_are_problem_json_too(make_settings):

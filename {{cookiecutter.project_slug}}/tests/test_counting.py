@@ -6,6 +6,8 @@ import asyncio
 import pytest
 import redis
 
+from {{ cookiecutter.package_name }}.settings import STRATEGIES
+
 from .conftest import running_client, set_plan
 
 
@@ -29,9 +31,6 @@ async def test_each_request_costs_one_script_call_whatever_its_limits(
         calls = script_calls(throwaway_redis.port) - before
     assert {r.status_code for r in posts} == {201} and {r.status_code for r in gets} == {200}
     assert calls == 16
-
-
-STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 
 
 @pytest.mark.parametrize("where", ["redis", "memory"])

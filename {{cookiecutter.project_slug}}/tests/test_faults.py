@@ -28,6 +28,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 
 from {{ cookiecutter.package_name }}.ratelimit.service import StartupRefused
 from {{ cookiecutter.package_name }}.ratelimit.storage import ScriptExpired, error_kind
+from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 from .conftest import (
     RedisServers,
@@ -133,7 +134,7 @@ async def test_a_second_algorithm_on_the_same_prefix_is_refused_at_start_up(make
     first = make_settings(ratelimit_strategy="moving-window")
     async with running_client(first) as client:
         answers = [(await client.get("/v1/items")).status_code for _ in range(6)]
-        for other in ("fixed-window", "gcra", "sliding-window-counter"):
+        for other in (strategy for strategy in STRATEGIES if strategy != "moving-window"):
             with pytest.raises(
                 StartupRefused, match=r"RATELIMIT_STRATEGY: .* RATELIMIT_KEY_PREFIX"
             ):
@@ -180,7 +181,7 @@ async def test_counter_keys_name_their_algorithm(make_settings, redis_url, key_p
     """Even where the start-up check could not run (Redis away then), no algorithm reads
     another's keys: each counts under names of its own."""
     names = {}
-    for strategy in ("moving-window", "fixed-window", "gcra", "sliding-window-counter"):
+    for strategy in STRATEGIES:
         with redis.Redis.from_url(redis_url) as raw:
             raw.delete(f"{key_prefix}:algorithm")  # as if the other instances were gone
         address = f"198.51.100.{len(names) + 1}"

@@ -22,12 +22,11 @@ from {{ cookiecutter.package_name }}.ratelimit.counting import Decision, LimitRe
 from {{ cookiecutter.package_name }}.ratelimit.responses import QuotaHeaders
 from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute, documentation_paths
 from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit, standalone_limits
+from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 from .conftest import free_port, running_client, set_plan
 
 PACKAGE = "{{ cookiecutter.package_name }}"
-
-STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
