@@ -23,6 +23,7 @@ from .conftest import (
     revoke_key,
     run_cli,
     running_client,
+    set_plan,
 )
 
 # The revision ids of migrations/versions/, oldest first.
@@ -98,6 +99,7 @@ async def test_every_migration_goes_down_to_base_and_up_again(fresh_database, tm
 async def test_deactivating_a_plan_refuses_its_keys_and_activating_it_serves_them_again(
     database_url, make_settings
 ):
+    await set_plan(database_url, "pro", "100/minute")  # whatever plans the answers seeded
     key = await create_key(database_url, "pro")
 
     async def status() -> int:  # a new app each time: a fresh plan cache
