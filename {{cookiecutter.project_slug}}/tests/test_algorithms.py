@@ -14,9 +14,10 @@ import time
 
 import pytest
 
+from {{ cookiecutter.package_name }}.settings import STRATEGIES
+
 from .conftest import running_client, set_plan
 
-STRATEGIES = ["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 STORAGES = ["redis", "memory"]
 # Where time must pass (seconds a case): every algorithm in Redis, and in memory the one that
 # is the service's own code (MemoryGcra); the others there are the `limits` library's.
