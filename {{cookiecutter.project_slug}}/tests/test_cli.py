@@ -10,7 +10,9 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from {{ cookiecutter.package_name }}.migrations import alembic_config
+from {{ cookiecutter.package_name }}.dev import demo_keys, read_keys
+from {{ cookiecutter.package_name }}.migrations import alembic_config, upgrade_to_head
+from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import (
     DATABASE_URL,
@@ -20,8 +22,10 @@ from .conftest import (
     _url_for,
     create_key,
     free_port,
+    revoke_key,
     run_cli,
     running_client,
+    set_plan,
 )
 
 # The revision ids of migrations/versions/, oldest first.
@@ -214,6 +218,7 @@ async def test_a_key_cannot_be_created_on_an_inactive_plan(database_url):
 async def test_deactivating_a_plan_refuses_its_keys_and_activating_it_serves_them_again(
     database_url, make_settings
 ):
+    await set_plan(database_url, "pro", "100/minute")  # whatever plans the answers seeded
     key = await create_key(database_url, "pro")
 
     async def status() -> int:  # a new app each time: a fresh plan cache
@@ -240,3 +245,25 @@ async def test_the_anonymous_plan_cannot_be_deactivated(database_url, make_setti
     assert stderr.count("\n") == 1 and "anonymous plan cannot be deactivated" in stderr
     async with running_client(make_settings()) as client:  # still served
         assert (await client.get("/v1/items")).status_code == 200
+
+
+async def test_dev_replaces_a_revoked_demo_key_and_keeps_the_others(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # dev keeps its keys file and SQLite database here
+    url = f"sqlite+aiosqlite:///{tmp_path}/dev.sqlite3"
+    settings = Settings(_env_file=None, database_url=url, redis_url=None)
+    await asyncio.to_thread(upgrade_to_head, url)
+    first, _, _ = await demo_keys(settings)
+    again, changed, _ = await demo_keys(settings)
+    assert (again, changed) == (first, False)  # reused while live
+    revoked_plan = next(iter(first))
+    await revoke_key(url, first[revoked_plan])
+    renewed, changed, _ = await demo_keys(settings)
+    assert changed and renewed[revoked_plan] != first[revoked_plan]
+    assert {plan: key for plan, key in renewed.items() if plan != revoked_plan} == {
+        plan: key for plan, key in first.items() if plan != revoked_plan
+    }
+    assert read_keys() == renewed
+    async with running_client(settings) as client:  # the new key is served, the old refused
+        new = await client.get("/v1/items", headers={"X-API-Key": renewed[revoked_plan]})
+        old = await client.get("/v1/items", headers={"X-API-Key": first[revoked_plan]})
+    assert (new.status_code, old.status_code) == (200, 401)

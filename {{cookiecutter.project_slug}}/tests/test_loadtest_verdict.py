@@ -195,3 +195,21 @@ def test_shedding_fails_unless_the_run_expects_overload_for_that_plan():
     verdict.record_shed("pro:a", "pro", "/v1/items")
     assert verdict.failures() == ["pro:a /v1/items: shed although no overload was expected"]
     assert Verdict().failures() == [] and "shed (overload)" in verdict.table()
+
+
+def test_a_refusal_that_the_callers_own_requests_in_flight_explain_passes():
+    # Three users share the anonymous budget of 5: when one is refused after 3 admissions
+    # recorded, the other two may hold admitted requests whose answers have not come yet.
+    def run(verdict: Verdict) -> list[str]:
+        now = 1_000_000.0
+        for n in range(3):
+            headers = quota("anonymous", 5, 60, 4 - n, 60, now)
+            verdict.record("anonymous", "/v1/items", now + n / 10, 200, headers)
+        refusal = refused("anonymous", 5, 60, now + 0.5)
+        verdict.record("anonymous", "/v1/items", now + 0.5, 429, refusal)
+        return verdict.failures()
+
+    assert run(Verdict(concurrency={"anonymous": 3})) == []
+    # One request at a time, the same refusal is a false one.
+    (failure,) = run(Verdict())
+    assert "refused under anonymous after only 3 of 5 admitted" in failure
