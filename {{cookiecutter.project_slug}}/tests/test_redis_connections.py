@@ -125,7 +125,8 @@ async def test_tls_script_calls_travel_on_the_limiters_own_connection(
     settings = make_settings(redis_url=url)
     async with running_client(settings) as client:
         answers = [(await client.get("/v1/items")).status_code for _ in range(6)]
-        runner = client._transport.app.state.ratelimit_failover._primary._script  # type: ignore[attr-defined]
+        check = client._transport.app.state.ratelimit_check  # type: ignore[attr-defined]
+        runner = check._failover._primary._script
     assert answers == [200] * 5 + [429]  # counted in Redis, over TLS
     assert runner._direct is not None  # resp.py's path, the one with the fault model's timers
     with redis.Redis(port=port, ssl=True, ssl_ca_certs=str(cert)) as raw:

@@ -11,6 +11,7 @@ A request's check moves one way through these modules:
   memory_counters.py in this process's memory (no Redis, or the fail-open fallback)
 - storage.py     the Redis connection, its timeouts, and how script calls travel
 - responses.py   the problem+json refusals and the quota headers
+- quotas.py      the quota endpoint's peek at every limit of a caller's plan
 - shedding.py    under overload (event-loop lag), 503 for the lowest plan priorities first,
                  asked by middleware.py once the caller is known
 
@@ -19,7 +20,10 @@ with one call, `install(app, settings, resolver)`.
 """
 
 from .limiter import limiter
-from .route import limited_templates
+from .quotas import peek_quotas
+from .route import RateLimitedRoute, limited_templates
 from .service import install
 
-__all__ = ["install", "limited_templates", "limiter"]
+# What the rest of the service uses: routers (RateLimitedRoute, limiter), the quota endpoint
+# (peek_quotas), the CLI (limited_templates) and the app factory (install).
+__all__ = ["RateLimitedRoute", "install", "limited_templates", "limiter", "peek_quotas"]

@@ -45,12 +45,12 @@ from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS
 from ..observability.middleware import QUIET_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
 from ..outages import Unavailable
 from ..problems import unavailable
-from .counting import Slots
+from .counting import Decision, Slots
 from .failover import Failover
 from .limiter import CALLER_STATE_KEY, limiter
 from .middleware import Identification
 from .responses import CONCURRENCY_LOG_WINDOW, QuotaHeaders, too_many_requests
-from .rules import RouteLimits, is_exempt
+from .rules import LimitSet, RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -70,8 +70,13 @@ class RateLimitCheck:
         self._identify = identify
         self._failover = failover
         self._refusal_log = refusal_log
-        # RATELIMIT_MODE=shadow: every limit counted and logged, none refusing.
-        self._shadow = shadow
+        # RATELIMIT_MODE=shadow: every limit counted and logged, none refusing. Read here
+        # only: the quota endpoint asks this check (quotas.py).
+        self.shadow = shadow
+
+    async def peek(self, identity: str, limit_set: LimitSet) -> Decision:
+        """Every limit's state for `identity`, spending nothing (the quota endpoint)."""
+        return await self._failover.peek(identity, limit_set)
 
     async def refusal(self, request: Request, route: RouteLimits) -> Response | None:
         """The response refusing this request (401, 429, 503), or None to let it through."""
@@ -85,7 +90,7 @@ class RateLimitCheck:
             state[CALLER_STATE_KEY] = caller
         plan = caller.plan.name
         # Decide.
-        limit_set = route.for_request(request, caller.plan, self._shadow)
+        limit_set = route.for_request(request, caller.plan, self.shadow)
         started = time.perf_counter()
         try:
             decision = await self._failover.check(caller.identity, limit_set)

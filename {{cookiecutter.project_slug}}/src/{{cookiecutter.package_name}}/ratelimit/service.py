@@ -97,7 +97,6 @@ class RateLimiting:
                 self.identify.refusal_log,
                 shadow=settings.ratelimit_mode == "shadow",
             )
-            app.state.ratelimit_failover = failover  # the quota endpoint peeks through it
             yield
 
     def _counter(self, storage: LimitStorage) -> Counter:

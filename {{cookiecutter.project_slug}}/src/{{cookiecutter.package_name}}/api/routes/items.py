@@ -10,8 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from ...ratelimit import limiter
-from ...ratelimit.route import RateLimitedRoute
+from ...ratelimit import RateLimitedRoute, limiter
 
 # route_class puts the rate-limit check in front of every route here (create_app refuses to
 # start with a router that forgets it).
