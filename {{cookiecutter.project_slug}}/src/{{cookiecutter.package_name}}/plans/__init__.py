@@ -1,6 +1,7 @@
 """Subscription plans and API keys: stored in the database, resolved through an in-process cache.
 
-- plan.py        a plan as the limiter uses it, and the grammar of limit strings
+- grammar.py     the grammar of limit strings and its bounds (imports nothing of the service)
+- plan.py        a plan as the limiter uses it
 - models.py      the `plans` and `api_keys` tables (SQLAlchemy 2)
 - keys.py        API key format: generation, parsing, hashing (pure functions)
 - repository.py  the queries, used by the cache and by the CLI

@@ -1,4 +1,4 @@
-"""A subscription plan as the service uses it, and the grammar of its limit strings."""
+"""A subscription plan as the service uses it (its limit strings' grammar: grammar.py)."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
