@@ -13,6 +13,9 @@ from {{ cookiecutter.package_name }}.migrations import alembic_config
 
 from .conftest import DATABASE_URL, TEST_DB_PREFIX, _admin, _url_for, free_port, run_cli
 
+# Every test here starts the service's own process (a second of CPU each, more when busy).
+pytestmark = pytest.mark.slow
+
 # The revision ids of migrations/versions/, oldest first.
 SCRIPTS = ScriptDirectory.from_config(alembic_config())
 REVISIONS = [script.revision for script in SCRIPTS.walk_revisions()][::-1]
