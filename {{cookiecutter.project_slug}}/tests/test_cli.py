@@ -28,6 +28,9 @@ from .conftest import (
     set_plan,
 )
 
+# Every test here starts the service's own process (a second of CPU each, more when busy).
+pytestmark = pytest.mark.slow
+
 # The revision ids of migrations/versions/, oldest first.
 SCRIPTS = ScriptDirectory.from_config(alembic_config())
 REVISIONS = [script.revision for script in SCRIPTS.walk_revisions()][::-1]

@@ -17,6 +17,9 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import free_port, wait_until
 
+# Every test here starts the service's own process (a second of CPU each, more when busy).
+pytestmark = pytest.mark.slow
+
 PACKAGE = package.__name__
 # A password that must never be printed.
 PASSWORD = f"s3cret-{uuid.uuid4().hex}"

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy.engine import make_url
 
 from .conftest import PROJECT, TEST_DB_PREFIX, TEST_REDIS_KEY_PREFIX
@@ -24,6 +25,7 @@ def names_under(**env: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.slow  # three Python processes
 def test_the_names_the_suite_uses_come_from_the_environment_and_the_worker():
     names = names_under(
         TEST_DATABASE_PREFIX="ci_orders_",
