@@ -119,7 +119,7 @@ def test_liveness_through_nginx_answers_a_monitor_and_guards_against_a_flood(sta
     time.sleep(1)
     flood = burst(f"{stack.nginx_url}/health/live", "127.0.0.11", count=200)
     statuses = Counter(r.status_code for r in flood)
-    assert set(statuses) == {200, 429} and statuses[200] <= 25, statuses
+    assert set(statuses) == {200, 429} and statuses[429] >= 100, statuses
     refused = next(r for r in flood if r.status_code == 429)
     assert refused.headers["content-type"] == "application/problem+json"
 

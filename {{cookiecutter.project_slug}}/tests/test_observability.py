@@ -33,7 +33,9 @@ async def test_the_request_id_comes_from_the_proxy_or_is_made_and_is_echoed(make
     assert len({made.headers["x-request-id"], junk.headers["x-request-id"]}) == 2
 
 
-async def test_each_refusal_is_logged_once_on_the_ratelimit_logger(make_settings, caplog):
+async def test_a_refusal_is_logged_on_the_ratelimit_logger_and_repeats_summarised(
+    make_settings, caplog
+):
     caplog.set_level(logging.INFO)
     async with running_client(make_settings(), client_ip="203.0.113.77") as client:
         for _ in range(5):
@@ -44,7 +46,8 @@ async def test_each_refusal_is_logged_once_on_the_ratelimit_logger(make_settings
         ]
     assert [r.status_code for r in refused] == [429, 429]
     records = [r for r in caplog.records if r.name == "ratelimit"]
-    assert len(records) == 2
+    assert len(records) == 2  # the first refusal, and the summary written at shutdown
+    assert records[1].more == 1  # type: ignore[attr-defined]
     entry = json.loads(JsonFormatter().format(records[0]))
     assert entry["message"] == "rate limit exceeded" and entry["level"] == "warning"
     assert entry["plan"] == "anonymous" and entry["route"] == "/v1/items/{item_id}"

@@ -41,6 +41,10 @@ async def test_the_client_hash_is_keyed_so_an_address_cannot_be_tried(make_setti
     assert first != other  # a new key starts new names
     assert unkeyed not in (first, other)  # the hash of the guessed address does not match
     assert first == keyed_hash(KEY.encode(), "ip:127.0.0.1")
+    # No key set: a random one of the process, said at start-up; still not the plain hash.
+    unset = await access_client(make_settings(), caplog)
+    assert unset not in (first, other, unkeyed, keyed_hash(b"", "ip:127.0.0.1"))
+    assert "LOG_CLIENT_KEY is not set" in caplog.text
 
 
 def test_a_placeholder_or_short_log_client_key_is_refused_without_repeating_it():

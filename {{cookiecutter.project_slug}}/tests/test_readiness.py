@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import redis
@@ -19,7 +20,15 @@ from sqlalchemy import event
 from {{ cookiecutter.package_name }}.migrations import alembic_config, known_revisions
 from {{ cookiecutter.package_name }}.plans.keys import generate_key
 
-from .conftest import TEST_DB_PREFIX, _admin, _url_for, free_port, running_client, wait_until
+from .conftest import (
+    TEST_DB_PREFIX,
+    _admin,
+    _asyncpg_dsn,
+    _url_for,
+    free_port,
+    running_client,
+    wait_until,
+)
 
 
 def pings(port: int) -> int:
@@ -142,3 +151,16 @@ async def test_a_database_never_migrated_is_not_ready(make_settings):
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] == "schema not migrated: run `db upgrade`"
+
+
+async def test_a_schema_newer_than_the_code_is_ready(make_settings, database_url):
+    # The previous release's instances, still running while the next release's migration has
+    # run: migrations are additive, so they stay in the pool (README, Upgrading).
+    connection = await asyncpg.connect(_asyncpg_dsn(database_url))
+    try:
+        await connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    finally:
+        await connection.close()
+    async with running_client(make_settings()) as client:
+        ready = await client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json()["checks"]["database"] == "ok"

@@ -13,7 +13,21 @@ QUOTA_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "ratelimit", "rat
 
 
 def shadow_records(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "ratelimit" and getattr(r, "shadow", False)]
+    """The shadow refusals logged one by one: the first of each caller, limit and window."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == "ratelimit" and getattr(r, "shadow", False) and not hasattr(r, "more")
+    ]
+
+
+def summarised(caplog, shadow: bool = True) -> list[int]:
+    """The counts of the summary lines: refusals after the first, not logged one by one."""
+    return [
+        r.more
+        for r in caplog.records
+        if r.name == "ratelimit" and hasattr(r, "more") and r.shadow is shadow
+    ]
 
 
 async def send(client, count: int, path: str = "/v1/items/1") -> list:
@@ -43,7 +57,9 @@ async def test_a_shadow_limit_refuses_nothing_and_logs_what_enforcing_it_would_r
         after = (await client.get("/metrics")).text
     assert [r.status_code for r in shadowed] == [SERVED] * 8
     records = shadow_records(caplog)
-    assert [r.request_id for r in records] == would_refuse
+    # The first would-be refusal, with its request id, then a summary of the rest.
+    assert [r.request_id for r in records] == would_refuse[:1]
+    assert summarised(caplog) == [len(would_refuse) - 1]
     assert {r.message for r in records} == {"rate limit exceeded (shadow: served)"}
     assert {r.limit for r in records} == {"5 per 1 minute"}
     assert not [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
@@ -75,7 +91,8 @@ async def test_ratelimit_mode_shadow_serves_everything_and_sends_no_quota_header
     assert [r.status_code for r in responses] == [SERVED] * 8
     for response in responses:
         assert not [name for name in QUOTA_HEADERS if name in response.headers]
-    assert [r.request_id for r in shadow_records(caplog)] == [f"request-{n:04d}" for n in (5, 6, 7)]
+    assert [r.request_id for r in shadow_records(caplog)] == ["request-0005"]
+    assert summarised(caplog) == [2]  # request-0006 and -0007
     labels = {"plan": "anonymous", "route": "/v1/items/{item_id}", "decision": "shadow_limited"}
     shadow_limited = metric(after, "ratelimit_decisions_total", **labels) - metric(
         before, "ratelimit_decisions_total", **labels
@@ -99,14 +116,20 @@ async def test_a_route_declared_shadow_counts_on_its_own_and_enforced_limits_sti
     # 5 within the shadow limit, 5 served past it (logged), then the enforced 10/minute refuses.
     assert [r.status_code for r in responses] == [201] * 10 + [429] * 2
     records = shadow_records(caplog)
-    assert [r.request_id for r in records] == [f"request-{n:04d}" for n in range(5, 10)]
+    assert [r.request_id for r in records] == ["request-0005"]
+    assert summarised(caplog) == [4]  # request-0006 to -0009
     assert {r.policy for r in records} == {"create_item-shadow"}
     policies = '"anonymous";q=100;w=60, "create_item";q=10;w=60'
     assert all(r.headers["ratelimit-policy"] == policies for r in responses)
     assert responses[-1].json()["policy"] == "create_item"
-    # The enforced refusals are logged as such, once each.
-    enforced = [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
-    assert [r.request_id for r in enforced] == ["request-0010", "request-0011"]
+    # The enforced refusals are logged as such, apart: the first, and a summary of the other.
+    enforced = [
+        r
+        for r in caplog.records
+        if r.name == "ratelimit" and not r.shadow and not hasattr(r, "more")
+    ]
+    assert [r.request_id for r in enforced] == ["request-0010"]
+    assert summarised(caplog, shadow=False) == [1]
 
 
 async def test_a_plan_shadow_limit_equal_to_a_limit_under_shadow_mode_counts_apart(
@@ -120,7 +143,8 @@ async def test_a_plan_shadow_limit_equal_to_a_limit_under_shadow_mode_counts_apa
         responses = await send(client, 8)
     assert [r.status_code for r in responses] == [SERVED] * 8
     logged = [r.request_id for r in shadow_records(caplog)]
-    assert logged == [f"request-{n:04d}" for n in (5, 5, 6, 6, 7, 7)]  # one line per limit
+    assert logged == ["request-0005", "request-0005"]  # one line per limit
+    assert summarised(caplog) == [2, 2]
 
 
 async def test_ratelimit_mode_shadow_covers_the_limits_a_route_declares(
@@ -139,7 +163,10 @@ async def test_ratelimit_mode_shadow_covers_the_limits_a_route_declares(
         ]
     assert [r.status_code for r in responses] == [201] * 12
     refused = [r for r in shadow_records(caplog) if r.policy == "create_item"]
-    assert [r.request_id for r in refused] == ["request-0010", "request-0011"]
+    # The first would-be refusal of the window, then a summary of the rest.
+    assert [r.request_id for r in refused] == ["request-0010"]
+    summaries = [r for r in caplog.records if hasattr(r, "more") and r.policy == "create_item"]
+    assert [r.more for r in summaries] == [1]
     assert not [r for r in caplog.records if r.name == "ratelimit" and not r.shadow]
 
 

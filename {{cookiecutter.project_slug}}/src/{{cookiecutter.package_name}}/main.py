@@ -13,7 +13,7 @@ from . import problems, ratelimit
 from .api.routes import health, items, metrics, rate_limit
 from .database import database_url, is_embedded
 from .gc_tuning import tuned_garbage_collector
-from .migrations import upgrade_to_head
+from .migrations import upgrade_to_head, warn_if_schema_behind
 from .observability.logs import configure_logging, request_id_var
 from .observability.middleware import RequestContextMiddleware
 from .plans.service import PlanService
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if is_embedded(settings):
             logger.warning("DATABASE_URL is not set: plans are kept in %s", database_url(settings))
             await asyncio.to_thread(upgrade_to_head, database_url(settings))
+        await warn_if_schema_behind(plans.engine, settings.database_timeout_seconds)
         async with plans.running(), rate_limiting.running():
             with tuned_garbage_collector():  # last: what start-up made is there to stay
                 yield

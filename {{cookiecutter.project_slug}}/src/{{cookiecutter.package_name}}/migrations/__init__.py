@@ -1,6 +1,7 @@
 """Alembic migrations of the plans database; `alembic upgrade head` from the project root."""
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
@@ -10,11 +11,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from ..database import async_url
+
+logger = logging.getLogger(__name__)
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -93,3 +96,15 @@ async def schema_behind(connection: AsyncConnection) -> str | None:
         return None
     at = ", ".join(revisions) or "none"
     return f"schema behind: at revision {at}, this code needs {head}; run `db upgrade`"
+
+
+async def warn_if_schema_behind(engine: AsyncEngine, within_seconds: float) -> None:
+    """New code started before `db upgrade` ran: said once, at start-up (and by /health/ready
+    until the upgrade), rather than found in the 503s of its callers."""
+    try:
+        async with asyncio.timeout(within_seconds), engine.connect() as connection:
+            behind = await schema_behind(connection)
+    except (SQLAlchemyError, OSError, TimeoutError):
+        return  # unreachable: the plan cache says so, and retries
+    if behind is not None:
+        logger.warning("Plans database %s (README, Upgrading)", behind)

@@ -4,7 +4,7 @@ python-json-logger's formatter on the root logger: it is a standard logging Form
 library's records (uvicorn's, alembic's, ours) come out in the same shape without touching their
 call sites, and fields passed as `extra=` become keys. uvicorn's string access log is silenced:
 the request middleware writes a structured access line instead (the `access` logger), which
-names the client by a hash, not by its address.
+names the client by a keyed hash, not by its address. RefusalLog bounds what refusals write.
 """
 
 import asyncio

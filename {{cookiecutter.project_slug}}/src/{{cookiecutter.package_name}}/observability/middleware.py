@@ -10,8 +10,9 @@ The request id comes from X-Request-ID (nginx sets one) when it looks like one, 
 it is echoed in the response and attached to every log line of the request.
 
 The access line (the `access` logger, one JSON object a request, health probes left out) names
-the route template, never the raw path, and the client by a hash of its address unless
-LOG_CLIENT_ADDRESS is on: addresses are personal data.
+the route template, never the raw path, and the client by a keyed hash of its address
+(logs.hashed) unless LOG_CLIENT_ADDRESS is on: addresses are personal data. A 429 repeating a
+refusal already logged in its window has no access line: the refusal log's summary counts it.
 
 One middleware, one pass over the request headers, one wrapped `send`: each layer of ASGI
 middleware costs every request a few microseconds, which a rate limiter in front of cheap
