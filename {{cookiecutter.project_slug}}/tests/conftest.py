@@ -102,8 +102,20 @@ def _accepts_connections(address: tuple[str, int] | None) -> bool:
     return True
 
 
+# Tests of pure logic, which need neither Redis nor Postgres: `pytest tests/unit` runs anywhere.
+UNIT_TESTS = Path(__file__).resolve().parent / "unit"
+
+
+def _only_unit_tests(config: pytest.Config) -> bool:
+    asked = [Path(arg.split("::")[0]).resolve() for arg in config.args] or [Path.cwd()]
+    return all(path == UNIT_TESTS or UNIT_TESTS in path.parents for path in asked)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stop in the first second, one line a service, when Redis or Postgres is not running."""
+    """Stop in the first second, one line a service, when Redis or Postgres is not running
+    (unless only the unit tests were asked for)."""
+    if _only_unit_tests(session.config):
+        return
     services = [
         ("Redis", "REDIS_URL", _tcp_address(REDIS_URL, 6379), HOW_TO_START_REDIS),
         ("Postgres", "DATABASE_URL", _tcp_address(DATABASE_URL, 5432), HOW_TO_START_POSTGRES),

@@ -23,11 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
 
 from {{ cookiecutter.package_name }}.ratelimit.service import StartupRefused
-from {{ cookiecutter.package_name }}.ratelimit.storage import ScriptExpired, error_kind
 from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 from .conftest import (
@@ -540,26 +537,3 @@ async def test_a_redis_that_denies_info_is_said_to_be_unchecked(
 def test_redis_in_compose_never_evicts_limiter_keys():
     compose = (Path(__file__).resolve().parents[1] / "compose.yaml").read_text()
     assert "--maxmemory-policy" in compose and "noeviction" in compose
-
-
-@pytest.mark.parametrize(
-    "error,kind",
-    [
-        (TimeoutError("Redis did not answer in time"), "timeout"),
-        (ScriptExpired("ran late"), "timeout"),
-        (RedisConnectionError("Connection refused"), "connection"),
-        (ConnectionRefusedError(111, "refused"), "connection"),
-        (
-            ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
-            "reply",
-        ),
-        (ResponseError("ERR value is not an integer or out of range script: ..."), "reply"),
-        (ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "reply"),
-        (ResponseError("LOADING Redis is loading the dataset in memory"), "server"),
-        (ResponseError("READONLY You can't write against a read only replica."), "server"),
-        (ReadOnlyError("You can't write against a read only replica."), "server"),  # redis-py's
-        (ResponseError("BUSY Redis is busy running a script."), "server"),
-    ],
-)
-def test_each_failure_is_classified_as_the_fault_model_says(error, kind):
-    assert error_kind(error) == kind
