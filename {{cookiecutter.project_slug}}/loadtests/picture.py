@@ -71,14 +71,17 @@ def _row(series: "Windows", top: float, start: float, span: float) -> list[str]:
 
     peak = max(series.counts, default=0)
     over = [(t, c) for t, c in zip(series.ends, series.counts, strict=True) if c > series.most]
-    label = f"{policy.quota}/{policy.window}s, peak {peak}, refused {len(series.refused)}"
+    label = f"{policy.name}: {policy.quota}/{policy.window}s, refused {len(series.refused)}"
+    peak_text = f"OVERSHOOT: peak {peak}" if over else f"peak {peak}"
+    peak_style = ' fill="#cf222e" font-weight="bold"' if over else ""
     parts = [
         f'<g class="series{" overshot" if over else ""}">',
         f'<rect x="{LEFT}" y="{top + TOP_GAP}" width="{plot_width}" height="{PLOT}" '
         f'fill="{"#ffebe9" if over else "#f6f8fa"}"/>',
         f'<text x="10" y="{top + TOP_GAP + 14}" font-weight="bold">{escape(series.caller)}</text>',
         f'<text x="10" y="{top + TOP_GAP + 30}">{escape(series.route)}</text>',
-        f'<text x="10" y="{top + TOP_GAP + 46}">{escape(policy.name)}: {escape(label)}</text>',
+        f'<text x="10" y="{top + TOP_GAP + 46}">{escape(label)}</text>',
+        f'<text x="10" y="{top + TOP_GAP + 62}"{peak_style}>{peak_text}</text>',
         _hline(LEFT, LEFT + plot_width, y(policy.quota), "#24292f", "6 4"),
     ]
     if series.most != policy.quota:
@@ -93,12 +96,6 @@ def _row(series: "Windows", top: float, start: float, span: float) -> list[str]:
     for at, count in over:
         parts.append(
             f'<circle class="overshoot" cx="{x(at):.1f}" cy="{y(count):.1f}" r="3" fill="#cf222e"/>'
-        )
-    if over:
-        parts.append(
-            f'<text x="{LEFT + plot_width - 6}" y="{top + TOP_GAP + 14}" text-anchor="end" '
-            f'fill="#cf222e" font-weight="bold">OVERSHOOT: {peak} admitted in one window, '
-            f"quota {policy.quota}</text>"
         )
     for at in series.refused:
         parts.append(

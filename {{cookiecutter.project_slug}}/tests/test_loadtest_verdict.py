@@ -220,7 +220,7 @@ def test_the_picture_of_a_passing_run_shows_quota_admissions_and_refusals_and_no
     clean_run(verdict)
     svg = drawn(verdict)
     assert "PASS: the limits held" in text(svg)
-    assert "pro:a" in text(svg) and "5/60s, peak 5, refused 2" in text(svg)
+    assert "pro:a" in text(svg) and "pro: 5/60s, refused 2 peak 5" in text(svg)
     assert len(marked(svg, "refused")) == 2
     assert marked(svg, "overshoot") == [] and "OVERSHOOT" not in text(svg)
 
@@ -234,7 +234,7 @@ def test_the_picture_of_an_overshoot_marks_the_windows_that_admitted_too_many():
     svg = drawn(verdict)
     assert "FAIL: the limits did not hold" in text(svg)
     assert "10 admitted within 60s under pro (quota 5)" in text(svg)  # the failure, listed
-    assert "OVERSHOOT: 10 admitted in one window, quota 5" in text(svg)
+    assert "pro: 5/60s, refused 2 OVERSHOOT: peak 10" in text(svg)
     # The windows ending at the last five admissions hold 6 to 10: each is marked; the
     # caller that stayed under its quota is drawn unmarked.
     assert len(marked(svg, "overshoot")) == 5
