@@ -213,13 +213,14 @@ class Prometheus:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["prometheus", f"--config.file={self.config}",
-             f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address={self.url.removeprefix('http://')}"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "prometheus.log").open("wb"),
-        )  # fmt: skip
+        with (self.workdir / "prometheus.log").open("wb") as log:  # the server keeps its copy
+            self.process = subprocess.Popen(
+                ["prometheus", f"--config.file={self.config}",
+                 f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address={self.url.removeprefix('http://')}"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )  # fmt: skip
         wait_for(f"{self.url}/-/ready", self.process)
 
     def query(self, expr: str) -> list[dict]:
