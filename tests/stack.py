@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import redis
+import yaml
 
 from . import nginx
 from .conftest import run
@@ -188,4 +189,52 @@ class ThrowawayRedis:
         if self.process is not None:
             self.process.terminate()  # SIGTERM: Redis saves its data, then exits
             self.process.wait(timeout=10)
+            self.process = None
+
+
+class Prometheus:
+    """The Prometheus server (Debian's `prometheus` package) on loopback, scraping a stack's
+    instances with the bake's own deploy/prometheus/prometheus.yml and rules: only discovery
+    (compose's DNS name) becomes the instances' addresses, and the intervals become 1 s."""
+
+    def __init__(self, project: Path, workdir: Path, targets: list[str]) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        deploy = project / "deploy" / "prometheus"
+        config = yaml.safe_load((deploy / "prometheus.yml").read_text())
+        config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+        config["rule_files"] = [str(deploy / name) for name in config["rule_files"]]
+        (job,) = config["scrape_configs"]
+        job.pop("dns_sd_configs")
+        job["static_configs"] = [{"targets": targets}]
+        self.config = self.workdir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with (self.workdir / "prometheus.log").open("wb") as log:  # the server keeps its copy
+            self.process = subprocess.Popen(
+                ["prometheus", f"--config.file={self.config}",
+                 f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address={self.url.removeprefix('http://')}"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )  # fmt: skip
+        wait_for(f"{self.url}/-/ready", self.process)
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector `expr` evaluates to now (an error if Prometheus refuses it)."""
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        assert answer.status_code == 200, f"{expr}: {answer.text}"
+        return answer.json()["data"]["result"]
+
+    def alerts(self, name: str) -> list[dict]:
+        """The alerts of rule `name` now pending or firing, with their labels and state."""
+        found = httpx.get(f"{self.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return [alert for alert in found if alert["labels"]["alertname"] == name]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_processes([self.process])
             self.process = None

@@ -3,11 +3,14 @@ Redis and Postgres, migrations applied. Requests come from distinct 127.x addres
 test is a different client to nginx and to the app."""
 
 import asyncio
+import contextlib
 import http.client
 import json
 import re
+import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ import pytest
 
 from . import nginx
 from .conftest import TEMPLATE, run
-from .stack import Stack, ThrowawayRedis, client, free_port
+from .stack import Prometheus, Stack, ThrowawayRedis, client, free_port
 
 NGINX_GUARD = {
     "NGINX_RATE_PER_IP": "20r/s",
@@ -391,6 +394,8 @@ def test_locust_run_through_nginx_says_the_limits_held(stack, tmp_path):
     assert "PASS: the limits held" in result.stdout
     assert (tmp_path / "report" / "report.html").exists()
     assert (tmp_path / "report" / "stats_stats.csv").exists()
+    picture = (tmp_path / "report" / "verdict.svg").read_text()  # the verdict, drawn
+    assert "PASS: the limits held" in picture and 'class="overshoot"' not in picture
     # Every plan took part, and some callers did reach their limit.
     assert re.search(r"^free:\w+ +/v1/items +free +20/60s", result.stdout, re.M)
     assert re.search(r"^pro:\w+ +/v1/items +pro +40/60s", result.stdout, re.M)
@@ -406,6 +411,8 @@ def test_locust_verdict_fails_when_instances_count_separately(project, service_v
     print(result.stdout[-4000:])
     assert result.returncode != 0
     assert "FAIL" in result.stdout and "admitted within 60s" in result.stdout
+    picture = (tmp_path / "report" / "verdict.svg").read_text()  # the overshoot, marked
+    assert 'class="overshoot"' in picture and "OVERSHOOT" in picture
 
 
 def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(
@@ -450,3 +457,138 @@ def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(
     assert locust.returncode == 0, output[-4000:]
     assert "PASS: the limits held" in output and "answered 5" not in output
     assert ready.status_code == 200  # recovered by itself
+
+
+@contextmanager
+def traffic(url: str, key: str, every: float = 0.25) -> Iterator[None]:
+    """Requests with `key`, one each `every` seconds from rotating addresses, while inside."""
+    stop = threading.Event()
+
+    def send() -> None:
+        n = 0
+        while not stop.is_set():
+            transport = httpx.HTTPTransport(local_address=f"127.0.6.{n % 50 + 1}")
+            with contextlib.suppress(httpx.HTTPError), httpx.Client(transport=transport) as http:
+                http.get(url, headers={"X-API-Key": key}, timeout=5)
+            n += 1
+            stop.wait(every)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=10)
+
+
+def wait_for_value(what: str, read, expected, timeout: float):
+    deadline = time.monotonic() + timeout
+    while (found := read()) != expected and time.monotonic() < deadline:
+        time.sleep(1)
+    assert found == expected, f"{what}: {found!r}, expected {expected!r} within {timeout}s"
+
+
+def alert_states(prometheus: Prometheus, name: str) -> dict[str, str]:
+    return {a["labels"]["instance"]: a["state"] for a in prometheus.alerts(name)}
+
+
+def dashboard_queries(project: Path) -> dict[str, str]:
+    """Each query of the bake's dashboard, Grafana's variables given values."""
+    dashboard = json.loads((project / "deploy/grafana/dashboards/ratelimit.json").read_text())
+    values = {"$job": ".*", "$__rate_interval": "1m", "$__range": "5m"}
+    queries = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in values.items():
+                expr = expr.replace(variable, value)
+            queries[f"{panel['title']} ({target['refId']})"] = expr
+    return queries
+
+
+# Dashboard queries of events this test does not cause (shedding, a broken plan): Prometheus
+# must accept them, but they have no series yet.
+NO_EVENT_YET = ("load_shed_total", "plan_config_errors_total", "plan_inactive_total")
+
+
+def test_prometheus_sees_the_429_share_and_the_storage_alert_fire_and_resolve(
+    project, service_venv, tmp_path
+):
+    if shutil.which("prometheus") is None:
+        pytest.fail("prometheus is not installed: `apt-get install prometheus`", pytrace=False)
+    redis_server = ThrowawayRedis(tmp_path / "redis")
+    redis_server.start()
+    workdir = tmp_path / "stack"
+    workdir.mkdir()
+    try:
+        with running_stack(
+            project,
+            service_venv,
+            workdir,
+            REDIS_URL=redis_server.url,
+            RATELIMIT_OUTAGE_POLICY="fail-open",
+            REDIS_RETRY_INTERVAL_SECONDS="0.2",
+        ) as stack:
+            prometheus = Prometheus(project, tmp_path / "prometheus", targets_of(stack))
+            prometheus.start()
+            try:
+                check_through_prometheus(stack, prometheus, redis_server)
+            finally:
+                prometheus.stop()
+    finally:
+        redis_server.stop()
+
+
+def check_through_prometheus(
+    stack: Stack, prometheus: Prometheus, redis_server: ThrowawayRedis
+) -> None:
+    up = 'count(up{job="app"} == 1)'
+    wait_for_value("instances scraped", lambda: value(prometheus.query(up)), 2, 30)
+
+    # A free key (20/minute) sends 30 requests, from several addresses (nginx's guard is
+    # per address) and so over both instances: 20 admitted, 10 refused, a third.
+    key = key_for(stack, "free")
+    url = f"{stack.nginx_url}/v1/items"
+    statuses = Counter(burst(url, f"127.0.5.{n % 10 + 1}", key)[0].status_code for n in range(30))
+    assert statuses == {200: 20, 429: 10}
+    share = (
+        'sum by (plan) (ratelimit_decisions_total{plan="free", decision="limited"})'
+        ' / sum by (plan) (ratelimit_decisions_total{plan="free"})'
+    )
+    read_share = lambda: value(prometheus.query(share))  # noqa: E731
+    wait_for_value("the 429 share of plan free", read_share, round(10 / 30, 6), 30)
+    recorded = 'plan_route:ratelimit_limited:ratio_rate5m{plan="free", route="/v1/items"}'
+    wait_for_value("the recorded 429 share", lambda: len(prometheus.query(recorded)), 1, 30)
+
+    # Redis stops: both instances decide without it; the alert goes pending, then firing
+    # after its minute; Redis back, it resolves.
+    alert = "RateLimitDecidingWithoutRedis"
+    assert alert_states(prometheus, alert) == {}
+    both = set(targets_of(stack))
+    with traffic(url, key_for(stack, "pro")):
+        redis_server.stop()
+        wait_for_value("pending", lambda: set(alert_states(prometheus, alert)), both, 30)
+        firing = dict.fromkeys(both, "firing")
+        wait_for_value("firing", lambda: alert_states(prometheus, alert), firing, 120)
+        redis_server.start()
+        errors = "sum(ratelimit_storage_errors_total) > 0"
+        assert prometheus.query(errors), "the outage counted no storage error"
+        # Every dashboard query is one Prometheus accepts, and returns series when its
+        # metric has any.
+        for panel, expr in dashboard_queries(stack.project).items():
+            found = prometheus.query(expr)
+            if not any(name in expr for name in NO_EVENT_YET):
+                assert found, f"dashboard panel {panel}: no series for {expr}"
+        wait_for_value("resolved", lambda: alert_states(prometheus, alert), {}, 150)
+    up_again = "min(ratelimit_storage_up)"
+    wait_for_value("storage up again", lambda: value(prometheus.query(up_again)), 1, 30)
+
+
+def value(result: list[dict]) -> float | None:
+    """The value of a one-sample instant vector, to 6 places (None unless one sample)."""
+    return round(float(result[0]["value"][1]), 6) if len(result) == 1 else None
+
+
+def targets_of(stack: Stack) -> list[str]:
+    return [url.removeprefix("http://") for url in stack.app_urls]

@@ -27,7 +27,8 @@ from pathlib import Path
 import gevent
 from locust import HttpUser, constant_throughput, events, task
 
-from verdict import Verdict  # beside this file: locust puts its directory on sys.path
+import picture  # beside this file: locust puts its directory on sys.path
+from verdict import Verdict
 
 KEYS_FILE = os.environ.get("LOADTEST_KEYS_FILE", str(Path(__file__).with_name("keys.json")))
 ANONYMOUS_USERS = int(os.environ.get("LOADTEST_ANONYMOUS_USERS", "2"))
@@ -79,7 +80,13 @@ def judge(name, response, context, start_time, response_time, exception, **_):
 @events.quitting.add_listener
 def announce(environment, **_):
     print(VERDICT.table(), flush=True)
-    if VERDICT.failures():
+    failures = VERDICT.failures()
+    html_report = getattr(environment.parsed_options, "html_file", None)
+    if html_report:  # the picture goes beside locust's own report
+        drawn = Path(html_report).with_name("verdict.svg")
+        drawn.write_text(picture.render(VERDICT.windows(), failures))
+        print(f"verdict picture: {drawn}", flush=True)
+    if failures:
         environment.process_exit_code = 1
 
 

@@ -4,8 +4,9 @@
     python loadtests/run.py --host http://127.0.0.1:8080 --provision free=2 pro=2
     (--provision creates keys through the CLI, so it needs the DATABASE_URL of that environment)
 
-Reports (locust's CSV files and HTML page) go to --report-dir. With --provision, keys are
-created through the service's CLI before the run and revoked after it.
+Reports (locust's CSV files and HTML page, and verdict.svg: the verdict drawn) go to
+--report-dir. With --provision, keys are created through the service's CLI before the run and
+revoked after it.
 """
 
 import argparse

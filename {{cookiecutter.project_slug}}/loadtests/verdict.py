@@ -28,7 +28,7 @@ what the client measured.
 """
 
 import re
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -92,7 +92,20 @@ class _Series:
 
     policy: Policy
     admitted: list[float] = field(default_factory=list)
-    refused: int = 0
+    refused: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """One caller's admissions on one route under one policy, window by window (the picture)."""
+
+    caller: str
+    route: str
+    policy: Policy
+    ends: list[float]  # each admission's time, sorted: a window ends there
+    counts: list[int]  # admitted in the window ending there, as the verdict counts them
+    refused: list[float]
+    most: float  # the most one window may admit before the run fails
 
 
 @dataclass
@@ -172,7 +185,7 @@ class Verdict:
         for policy in policies:
             series = self._series.setdefault((caller, route, policy.name), _Series(policy))
             if status == 429:
-                series.refused += 1
+                series.refused.append(at)
             else:
                 series.admitted.append(at)
         if status != 429 and policies:
@@ -215,10 +228,27 @@ class Verdict:
             )
         self._last_quota[(caller, route)] = current
 
-    def _max_in_window(self, times: list[float], window: float) -> int:
+    def _window_counts(self, times: list[float], window: float) -> list[int]:
+        """Admitted in the window ending at each time (`times` sorted); their most is the most
+        any window held, since a fullest window can be slid until it ends at an admission."""
         span = window - self.clock_tolerance
-        times = sorted(times)
-        return max((bisect_right(times, t + span) - i for i, t in enumerate(times)), default=0)
+        return [i + 1 - bisect_left(times, t - span) for i, t in enumerate(times)]
+
+    def _max_in_window(self, times: list[float], window: float) -> int:
+        return max(self._window_counts(sorted(times), window), default=0)
+
+    def _most(self, policy: Policy) -> float:
+        return policy.quota * SLACK.get(self.strategy, 1.0) + self.overshoot_tolerance
+
+    def windows(self) -> list[Windows]:
+        """Each caller, route and policy, window by window: what the picture draws."""
+        found = []
+        for (caller, route, _), series in sorted(self._series.items()):
+            ends = sorted(series.admitted)
+            counts = self._window_counts(ends, series.policy.window)
+            most = self._most(series.policy)
+            found.append(Windows(caller, route, series.policy, ends, counts, series.refused, most))
+        return found
 
     def _admitted_before(self, caller: str, policy_name: str, at: float, window: float) -> int:
         """Admitted under this policy in the window before `at`, over every route (generous)."""
@@ -233,10 +263,9 @@ class Verdict:
     def failures(self) -> list[str]:
         """Every reason the run failed; empty when the limits held."""
         found = list(self.problems)
-        slack = SLACK.get(self.strategy, 1.0)
         for (caller, route, name), series in sorted(self._series.items()):
             peak = self._max_in_window(series.admitted, series.policy.window)
-            if peak > series.policy.quota * slack + self.overshoot_tolerance:
+            if peak > self._most(series.policy):
                 found.append(
                     f"{caller} {route}: {peak} admitted within {series.policy.window}s "
                     f"under {name} (quota {series.policy.quota})"
@@ -277,7 +306,7 @@ class Verdict:
                     name,
                     f"{policy.quota}/{policy.window}s",
                     str(len(series.admitted)),
-                    str(series.refused),
+                    str(len(series.refused)),
                     str(self._max_in_window(series.admitted, policy.window)),
                 )
             )

@@ -1,5 +1,8 @@
 """The load test's verdict on recorded event sequences: each kind of breach fails the run."""
 
+from xml.etree import ElementTree
+
+from loadtests import picture
 from loadtests.verdict import Verdict, parse_policies, parse_ratelimit
 
 
@@ -213,3 +216,51 @@ def test_a_refusal_that_the_callers_own_requests_in_flight_explain_passes():
     # One request at a time, the same refusal is a false one.
     (failure,) = run(Verdict())
     assert "refused under anonymous after only 3 of 5 admitted" in failure
+
+
+def drawn(verdict: Verdict) -> ElementTree.Element:
+    """The verdict's picture, parsed: it must be a well-formed SVG document."""
+    svg = ElementTree.fromstring(picture.render(verdict.windows(), verdict.failures()))
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+    return svg
+
+
+def marked(svg: ElementTree.Element, kind: str) -> list[ElementTree.Element]:
+    return [element for element in svg.iter() if element.get("class") == kind]
+
+
+def text(svg: ElementTree.Element) -> str:
+    return " ".join(element.text or "" for element in svg.iter())
+
+
+def test_the_picture_of_a_passing_run_shows_quota_admissions_and_refusals_and_no_overshoot():
+    verdict = Verdict()
+    clean_run(verdict)
+    svg = drawn(verdict)
+    assert "PASS: the limits held" in text(svg)
+    assert "pro:a" in text(svg) and "pro: 5/60s, refused 2 peak 5" in text(svg)
+    assert len(marked(svg, "refused")) == 2
+    assert marked(svg, "overshoot") == [] and "OVERSHOOT" not in text(svg)
+
+
+def test_the_picture_of_an_overshoot_marks_the_windows_that_admitted_too_many():
+    verdict = Verdict()
+    now = clean_run(verdict)
+    for n in range(10, 15):  # two instances counting apart: 10 admitted in one minute
+        verdict.record("pro:a", "/v1/items", now + n, 200, quota("pro", 5, 60, 4, 60, now + n))
+    verdict.record("free:b", "/v1/items", now, 200, quota("free", 5, 60, 4, 60, now))
+    svg = drawn(verdict)
+    assert "FAIL: the limits did not hold" in text(svg)
+    assert "10 admitted within 60s under pro (quota 5)" in text(svg)  # the failure, listed
+    assert "pro: 5/60s, refused 2 OVERSHOOT: peak 10" in text(svg)
+    # The windows ending at the last five admissions hold 6 to 10: each is marked; the
+    # caller that stayed under its quota is drawn unmarked.
+    assert len(marked(svg, "overshoot")) == 5
+    (overshot,) = marked(svg, "series overshot")
+    assert "pro:a" in text(overshot)
+
+
+def test_the_picture_escapes_what_callers_and_routes_are_named():
+    verdict = Verdict()
+    verdict.record("a<b>&", "/v1/<x>", 1.0, 200, quota("p&q", 5, 60, 4, 60, 1.0))
+    assert "a<b>&" in text(drawn(verdict))  # parsed back: it was escaped, not markup
