@@ -234,7 +234,7 @@ async def test_deactivating_a_plan_refuses_its_keys_and_activating_it_serves_the
     _, listed, _ = await run_cli(database_url, "plans", "list")
     (pro,) = [line for line in listed.splitlines() if line.startswith("pro")]
     assert pro.endswith("(inactive)")
-    assert await status() == 401
+    assert await status() == 403  # plan inactive (test_tiers.py has its answer)
     code, _, stderr = await run_cli(database_url, "plans", "update", "pro", "--activate")
     assert (code, stderr) == (0, "")
     assert await status() == 200

@@ -34,7 +34,7 @@ from .route import (
 )
 from .rules import standalone_limits
 from .shedding import LoadShedder
-from .storage import LimitStorage, check_eviction, open_limit_storage
+from .storage import LimitStorage, eviction_checked, open_limit_storage
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,15 @@ class RateLimiting:
             if self.shedder is not None:  # the lag probe runs only where shedding is on
                 await background.enter_async_context(self.shedder.running())
             app.state.limit_storage = storage
-            await check_eviction(storage)
+            await background.enter_async_context(
+                eviction_checked(storage, settings.redis_retry_interval_seconds)
+            )
             counter = self._counter(storage)
             if isinstance(counter, RedisCounter):  # renews the leases of concurrency slots
                 try:
-                    await claim_algorithm(counter)
+                    # Where Redis did not answer, the renewals claim it once it does.
+                    if storage.answered_at_start:
+                        await claim_algorithm(counter)
                 except StartupRefused as exc:  # said by the server in one line, as above
                     app.state.startup_refusal = str(exc)
                     raise

@@ -50,6 +50,8 @@ class LimitStorage:
     # None when REDIS_URL is unset: counts are then kept in process memory.
     redis: RedisClient | None
     timeout: float
+    # Whether Redis answered when the service started (else its start-up checks wait for it).
+    answered_at_start: bool = True
 
     async def ping(self) -> bool:
         return await self.status() == "ok"
@@ -86,6 +88,7 @@ async def open_limit_storage(settings: Settings) -> AsyncIterator[LimitStorage]:
                 await client.initialize()
         # Said at start-up, not first noticed by the first limited request; start-up goes on.
         status = await storage.status()
+        storage.answered_at_start = status == "ok"
         if status != "ok":
             logger.warning(
                 "Redis at %s: %s at start-up; RATELIMIT_OUTAGE_POLICY=%s applies until it answers",
@@ -534,3 +537,26 @@ async def check_eviction(storage: LimitStorage) -> None:
             ", ".join(evicting),
             ", ".join(sorted({str(node.get("maxmemory", "?")) for node in nodes})),
         )
+
+
+@asynccontextmanager
+async def eviction_checked(storage: LimitStorage, retry_interval: float) -> AsyncIterator[None]:
+    """check_eviction at start-up, or, when Redis did not answer then (the start-up warning has
+    said so), as soon as it does: in the background, once."""
+    if storage.answered_at_start:
+        await check_eviction(storage)
+        yield
+        return
+
+    async def when_up() -> None:
+        while True:  # polling: Redis has no way to tell us it is back
+            if await storage.ping():
+                await check_eviction(storage)
+                return
+            await asyncio.sleep(max(retry_interval, 0.5))
+
+    task = asyncio.create_task(when_up())
+    try:
+        yield
+    finally:
+        task.cancel()
