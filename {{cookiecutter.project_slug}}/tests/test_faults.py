@@ -250,7 +250,8 @@ def test_a_busy_event_loop_admits_exactly_and_never_declares_an_outage(
     statuses: list[int] = []
     with httpx.Client(base_url=base_url, timeout=30) as client:
         with cpu_flood(base_url, clients=24):
-            wait_until(lambda: lag_seconds(client) >= 0.4, 20, "the event loop to lag")
+            # Later than the read timeout (0.2 s): what a late timer must not take for Redis.
+            wait_until(lambda: lag_seconds(client) >= 0.25, 60, "the event loop to lag")
 
             async def keyed() -> list[int]:
                 async with httpx.AsyncClient(base_url=base_url, timeout=30) as keyed_client:
@@ -294,7 +295,7 @@ def test_under_fail_closed_a_cpu_flood_of_anonymous_callers_leaves_pro_served(
 
     with httpx.Client(base_url=base_url, timeout=30) as client:
         with cpu_flood(base_url, clients=24):
-            wait_until(lambda: lag_seconds(client) >= 0.2, 20, "the event loop to lag")
+            wait_until(lambda: lag_seconds(client) >= 0.2, 60, "the event loop to lag")
             callers = [threading.Thread(target=pro_caller) for _ in range(4)]
             for caller in callers:
                 caller.start()
