@@ -18,9 +18,15 @@ def nginx_binary() -> str:
     return found
 
 
+# What the official image defines unless told otherwise: NGINX_LOCAL_RESOLVERS (from
+# resolv.conf, with NGINX_ENTRYPOINT_LOCAL_RESOLVERS=1) and compose's empty NGINX_TLS (no HTTPS).
+DEFAULTS = {"NGINX_LOCAL_RESOLVERS": "127.0.0.1", "NGINX_TLS": ""}
+
+
 def render(project: Path, values: dict[str, str]) -> str:
     """envsubst as the nginx image runs it: only ${NAME} of defined variables is replaced."""
     text = (project / TEMPLATE).read_text()
+    values = DEFAULTS | values
     return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m[1], m[0]), text)
 
 
