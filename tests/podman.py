@@ -14,6 +14,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -106,6 +107,26 @@ def debian_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
+def make_base_tarball(tarball: Path) -> None:
+    """Debian bookworm (minbase) with Python 3.11 as a root filesystem tarball, apt's caches
+    left out; written under a temporary name first, so an interrupted run leaves no tarball."""
+    with tempfile.TemporaryDirectory(prefix="rootfs-", dir=tarball.parent) as rootfs:
+        done = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
+             "bookworm", rootfs, debian_mirror()],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert done.returncode == 0, f"debootstrap: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+        for cache in ["var/cache/apt/archives", "var/lib/apt/lists"]:
+            for path in Path(rootfs, cache).glob("*"):
+                if path.is_file():
+                    path.unlink()
+        partial = tarball.with_suffix(".partial")
+        with tarfile.open(partial, "w") as tar:
+            tar.add(rootfs, arcname=".")
+        partial.rename(tarball)
+
+
 def ensure_python_base(name: str) -> None:
     """`python:3.11-slim-bookworm` made from Debian packages: imported from the cached tarball, or
     debootstrapped first (bookworm's Python is 3.11: other versions cannot be stood in for)."""
@@ -117,21 +138,7 @@ def ensure_python_base(name: str) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     tarball = CACHE / f"base-{name.replace(':', '-')}.tar"
     if not tarball.exists():
-        with tempfile.TemporaryDirectory(prefix="rootfs-", dir=CACHE) as rootfs:
-            done = subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}",
-                 "bookworm", rootfs, debian_mirror()],
-                capture_output=True, text=True, timeout=900,
-            )  # fmt: skip
-            assert done.returncode == 0, f"debootstrap: {done.stdout[-1500:]}{done.stderr[-1500:]}"
-            for cache in ["var/cache/apt/archives", "var/lib/apt/lists"]:
-                for path in Path(rootfs, cache).glob("*"):
-                    if path.is_file():
-                        path.unlink()
-            partial = tarball.with_suffix(".partial")
-            with tarfile.open(partial, "w") as tar:
-                tar.add(rootfs, arcname=".")
-            partial.rename(tarball)
+        make_base_tarball(tarball)
     podman(
         "import",
         "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -151,8 +158,8 @@ def ensure_uv_image(name: str, workdir: Path) -> None:
     version = name.rpartition(":")[2]
     wheels = workdir / "uv-wheel"
     done = subprocess.run(
-        ["pip", "download", "-q", "--no-deps", "--only-binary=:all:", f"uv=={version}",
-         "-d", str(wheels)],
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+         f"uv=={version}", "-d", str(wheels)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, f"pip download uv=={version}: {done.stderr[-1500:]}"
