@@ -252,6 +252,30 @@ def test_image_installs_the_locked_dependencies_before_the_code(baked):
     )
 
 
+def test_timeouts_are_ordered_from_nginx_to_the_app_to_the_orchestrator(cookies):
+    """nginx closes idle upstream connections before uvicorn does (else a request sent as the
+    app closes is a 502); uvicorn's graceful shutdown covers nginx's longest wait and ends
+    before compose's SIGKILL; the app runs under an init. The image test runs them for real."""
+    project = bake_ok(cookies, {})
+    env = {}
+    for line in dockerfile_instructions(project / "Dockerfile"):
+        if line.startswith("ENV "):
+            env.update(re.findall(r"(\w+)=(\S+)", line))
+    template = (project / nginx.TEMPLATE).read_text()
+    upstream = re.search(r"upstream app \{(.*?)\n\}", template, re.DOTALL)[1]
+    nginx_idle = int(re.search(r"keepalive_timeout (\d+)s;", upstream)[1])
+    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", template)[1])
+    assert int(env["UVICORN_TIMEOUT_KEEP_ALIVE"]) > nginx_idle
+    graceful = int(env["UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"])
+    assert graceful >= read_timeout
+    app = yaml.safe_load((project / "compose.yaml").read_text())["services"]["app"]
+    assert app["init"] is True
+    assert int(app["stop_grace_period"].removesuffix("s")) > graceful
+    healthcheck = next(line for line in dockerfile_instructions(project / "Dockerfile")
+                       if line.startswith("HEALTHCHECK"))  # fmt: skip
+    assert "UVICORN_PORT" in healthcheck and "8000" not in healthcheck
+
+
 def test_dockerfile_passes_hadolint(baked):
     _, project = baked
     linted = run([tool("hadolint"), "Dockerfile"], cwd=project)
