@@ -214,3 +214,19 @@ def run_once(image: str, env: dict[str, str], *command: str) -> subprocess.Compl
 def remove(*names: str) -> None:
     for name in names:
         podman("rm", "-f", "-t", "0", name, timeout=60, check=False)
+
+
+def dangling_images() -> set[str]:
+    """Untagged images: the build's intermediate layers, kept as its cache."""
+    listed = podman("images", "-q", "--no-trunc", "--filter", "dangling=true", check=False)
+    return set(listed.stdout.split())
+
+
+def remove_images(ids: set[str]) -> None:
+    """Remove these images, children before parents (a parent refuses while it has any)."""
+    left = set(ids)
+    while left:
+        removed = {i for i in left if podman("rmi", i, timeout=60, check=False).returncode == 0}
+        if not removed:
+            return
+        left -= removed

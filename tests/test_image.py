@@ -380,6 +380,7 @@ def test_a_rebuild_after_a_code_change_reuses_the_dependency_layer(image, projec
     """Last: it changes the bake's source. The dependency layer comes from the build cache."""
     main = project / "src" / project.name.replace("-", "_") / "main.py"
     main.write_text(main.read_text() + f"\n# changed by the image test {RUN_ID}\n")
+    kept = podman.dangling_images()
     seconds, output = podman.build(project, f"{TAG}-changed")
     try:
         steps = output.split("STEP ")
@@ -389,4 +390,6 @@ def test_a_rebuild_after_a_code_change_reuses_the_dependency_layer(image, projec
         assert "Using cache" not in code, code[-500:]
         print(f"\nrebuilt after a code change in {seconds:.0f}s")
     finally:
+        # This run's own layers go; the cached ones (the dependency layer) stay for the next.
         podman.podman("rmi", "-f", f"{TAG}-changed", check=False)
+        podman.remove_images(podman.dangling_images() - kept)
