@@ -186,5 +186,8 @@ def _keyed_user(plan: str) -> type[ServiceUser]:
 # One user class per plan in the keys file, one user per key. (Locust collects every User
 # class in this module's namespace, so each is bound once, under its own name.)
 globals().update(
-    {cls.__name__: cls for cls in (_keyed_user(plan) for plan, accounts in KEYS.items() if accounts)}
+    {
+        cls.__name__: cls
+        for cls in (_keyed_user(plan) for plan, accounts in KEYS.items() if accounts)
+    }
 )

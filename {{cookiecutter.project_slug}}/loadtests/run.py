@@ -40,9 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="plans that may be shed (503) because this run overloads the service on purpose",
     )
     keys = parser.add_mutually_exclusive_group(required=True)
-    keys.add_argument(
-        "--keys-file", type=Path, help='JSON {"plan": {"account": ["key", ...]}}'
-    )
+    keys.add_argument("--keys-file", type=Path, help='JSON {"plan": {"account": ["key", ...]}}')
     keys.add_argument(
         "--provision",
         nargs="+",

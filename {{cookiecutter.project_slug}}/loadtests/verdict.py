@@ -1,9 +1,9 @@
 """Did the limits hold? Judges what a load test saw, response by response.
 
 Pure Python, no locust import: the locustfile feeds it, the unit tests feed it recorded events.
-Each response is attributed to a caller (an account, whose keys all spend one budget, or
-"anonymous": all anonymous users share the load generator's address; see `keyed_callers`), a route template and the policies its RateLimit-Policy header
-lists. A run fails when:
+Each response is attributed to a caller (an account, whose keys all spend one budget, see
+`keyed_callers`; or "anonymous": all anonymous users share the load generator's address), a
+route template and the policies its RateLimit-Policy header lists. A run fails when:
 
 - overshoot: a caller was admitted more than a policy's quota within one window, allowing the
   algorithm's documented slack (fixed-window admits up to 2x across a window edge) and

@@ -243,7 +243,9 @@ async def test_migration_0007_makes_accounts_of_owners_keeps_every_key_working_a
     keys = []
     try:
         await asyncio.to_thread(command.upgrade, config, "0006")
-        await asyncio.to_thread(_sql, url, "UPDATE plans SET limits = '4/minute' WHERE name = 'pro'")
+        await asyncio.to_thread(
+            _sql, url, "UPDATE plans SET limits = '4/minute' WHERE name = 'pro'"
+        )
         for owner, plan, limits, blocked, revoked in KEYS_AT_0006:
             key, public_id = generate_key()
             keys.append(key)
@@ -269,16 +271,18 @@ async def test_migration_0007_makes_accounts_of_owners_keeps_every_key_working_a
             _sql, url, "SELECT count(*) FROM api_keys WHERE limits IS NOT NULL"
         )
         ids = [key.split("_")[1] for key in keys]
-        assert [(a["name"], a["plan"], a["limits"], a["keys"]) for a in accounts] == [
+        found = [(a["name"], a["plan"], a["limits"], a["keys"]) for a in accounts]
+        expected = [
             ("multi (pro)", "pro", None, ids[0:1]),
             ("acme", "pro", None, ids[1:3]),  # one owner, one plan: one account, both keys
             ("multi (free)", "free", None, ids[3:4]),
             ("multi (pro) #2", "pro", None, ids[4:5]),  # its plain split name was taken
             ("special (pro)", "pro", None, ids[5:6]),
-            ("special (pro) #2", "pro", "2/minute", ids[6:7]),  # the key's limits, its account's
+            ("special (pro) #2", "pro", "2/minute", ids[6:7]),  # the key's own limits
             ("held", "pro", None, ids[7:8]),
             ("gone", "pro", None, ids[8:9]),
         ]
+        assert found == expected
         assert own_limits[0]["count"] == 0
 
         async with running_client(make_settings(database_url=url)) as client:

@@ -159,7 +159,9 @@ async def test_an_accounts_limits_of_every_route_replace_its_plans_per_route_lim
     await set_plan(database_url, "pro", "100/minute", route_limits={"/v1/items": "2/minute"})
     await create_account(database_url, "acme", "pro")
     key = await create_key(database_url, account="acme")
-    code, stdout, _ = await run_cli(database_url, "accounts", "update", "acme", "--limits", "4/minute")
+    code, stdout, _ = await run_cli(
+        database_url, "accounts", "update", "acme", "--limits", "4/minute"
+    )
     assert code == 0 and "limits 4/minute" in stdout
     async with running_client(make_settings()) as client:
         assert await statuses(client, key, 5) == [200] * 4 + [429]

@@ -165,7 +165,9 @@ async def accounts_move(session: AsyncSession, args: argparse.Namespace) -> None
 
 
 async def accounts_block(session: AsyncSession, args: argparse.Namespace) -> None:
-    _account_updated(await repository.update_account(session, args.name, blocked_reason=args.reason))
+    _account_updated(
+        await repository.update_account(session, args.name, blocked_reason=args.reason)
+    )
 
 
 async def accounts_unblock(session: AsyncSession, args: argparse.Namespace) -> None:
