@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from ...outages import Unavailable
+from ...plans.caller import Caller
 from ...problems import unavailable
 from ...ratelimit import RateLimitedRoute, limiter, peek_quotas
-from ...ratelimit.limiter import CALLER_STATE_KEY
 
 router = APIRouter(prefix="/v1/rate-limit", tags=["rate limits"], route_class=RateLimitedRoute)
 
@@ -56,7 +56,8 @@ async def rate_limit(request: Request) -> RateLimitStatus | Response:
         plan, decision = await peek_quotas(request)
     except Unavailable as exc:
         return unavailable(exc.detail, request.url.path, exc.retry_after)
-    account = request.scope["state"][CALLER_STATE_KEY].account
+    caller: Caller = request.state.caller  # set by the caller middleware before routing
+    account = caller.account
     budget: Literal["account", "address"] = "address" if account is None else "account"
     return RateLimitStatus(
         account=account,
