@@ -446,8 +446,10 @@ def main() -> int:
         bench.cli("plans", "update", "anonymous", "--limits", NEVER_REACHED)
         bench.cli("plans", "update", "pro", "--limits", NEVER_REACHED)
         bench.cli("plans", "update", "free", "--limits", "1/hour")
+        for plan in ("pro", "free"):
+            bench.cli("accounts", "create", f"bench-{plan}", "--plan", plan)
         pro_key, flood_key = (
-            bench.cli("keys", "create", "--plan", plan, "--owner", "bench").splitlines()[-1]
+            bench.cli("keys", "create", "--account", f"bench-{plan}").splitlines()[-1]
             for plan in ("pro", "free")
         )
 

@@ -162,7 +162,8 @@ def limit_counts(
     keys = {}
     for plan, limits in PLANS.items():
         bench.cli("plans", "create", plan, limits)
-        created = bench.cli("keys", "create", "--plan", plan, "--owner", "bench")
+        bench.cli("accounts", "create", f"bench-{plan}", "--plan", plan)
+        created = bench.cli("keys", "create", "--account", f"bench-{plan}")
         keys[plan] = created.splitlines()[-1]
     routed_port, service_port = free_port(), free_port()
     routed = bench.uvicorn("bare_app:routed_app", routed_port, PYTHONPATH=str(HERE))

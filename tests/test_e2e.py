@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,10 +74,11 @@ def stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
 
 
 def locust_command(stack: Stack, report_dir: Path, duration: str, *extra: str) -> list[str]:
-    """The service's own load-test script, headless, with two free and two pro keys."""
+    """The service's own load-test script, headless: two free accounts of one key each, and one
+    pro account with three keys, which share its budget."""
     keys = report_dir / "keys.json"
     keys.parent.mkdir(parents=True, exist_ok=True)
-    keys.write_text(stack.cli("loadtest", "provision", "free=2", "pro=2"))
+    keys.write_text(stack.cli("loadtest", "provision", "free=2", "pro=1x3"))
     return [
         str(stack.venv / "bin" / "python"), "loadtests/run.py", "--host", stack.nginx_url,
         "--duration", duration, "--keys-file", str(keys), "--report-dir", str(report_dir), *extra,
@@ -87,8 +89,17 @@ def run_locust(stack: Stack, report_dir: Path, duration: str = "15s"):
     return run(locust_command(stack, report_dir, duration), cwd=stack.project, timeout=180)
 
 
-def key_for(stack: Stack, plan: str) -> str:
-    return stack.cli("keys", "create", "--plan", plan, "--owner", "e2e").splitlines()[-1]
+def account_for(stack: Stack, plan: str) -> str:
+    """A new account on `plan`: a budget of its own."""
+    name = f"e2e-{plan}-{uuid.uuid4().hex[:8]}"
+    stack.cli("accounts", "create", name, "--plan", plan)
+    return name
+
+
+def key_for(stack: Stack, plan: str, account: str | None = None) -> str:
+    """A key of `account`, or of a new account on `plan`."""
+    account = account or account_for(stack, plan)
+    return stack.cli("keys", "create", "--account", account).splitlines()[-1]
 
 
 def burst(url: str, source_ip: str, key: str | None = None, count: int = 1) -> list[httpx.Response]:
@@ -186,6 +197,40 @@ def test_one_key_over_both_instances_gets_exactly_its_plan(stack):
     upstreams = sum((served_by(stack, f"127.0.1.{n}", 10) for n in range(1, 11)), Counter())
     assert set(upstreams) == {url.removeprefix("http://") for url in stack.app_urls}
     assert min(upstreams.values()) >= 20, upstreams  # both instances took their share
+
+
+def test_two_keys_of_one_account_over_both_instances_get_exactly_its_plan_together(stack):
+    account = account_for(stack, "pro")
+    keys = [key_for(stack, "pro", account), key_for(stack, "pro", account)]
+
+    async def spread():
+        # 10 addresses x 10 requests, each key on every address: under nginx's per-IP guard,
+        # so only the account's budget decides.
+        async def from_ip(n: int):
+            async with client(f"127.0.5.{n}") as http:
+                return await asyncio.gather(
+                    *(
+                        http.get(f"{stack.nginx_url}/v1/items", headers={"X-API-Key": keys[i % 2]})
+                        for i in range(10)
+                    )
+                )
+
+        return [
+            r for batch in await asyncio.gather(*(from_ip(n) for n in range(1, 11))) for r in batch
+        ]
+
+    responses = asyncio.run(spread())
+    assert Counter(r.status_code for r in responses) == {200: 40, 429: 60}
+    assert all(r.headers["ratelimit-policy"] == '"pro";q=40;w=60' for r in responses)
+    upstreams = sum((served_by(stack, f"127.0.5.{n}", 10) for n in range(1, 11)), Counter())
+    assert set(upstreams) == {url.removeprefix("http://") for url in stack.app_urls}
+    # A third key of the account, and the account's quotas: nothing left for anyone.
+    third = key_for(stack, "pro", account)
+    assert burst(f"{stack.nginx_url}/v1/items", "127.0.5.20", third)[0].status_code == 429
+    quotas = burst(f"{stack.nginx_url}/v1/rate-limit", "127.0.5.21", keys[0])[0].json()
+    assert quotas["account"] == account
+    items = [q for q in quotas["quotas"] if q["route"] == "/v1/items"]
+    assert [(q["budget"], q["remaining"]) for q in items] == [("account", 0)]
 
 
 def test_a_burst_from_one_address_is_refused_by_nginx_before_the_app(stack):
@@ -397,8 +442,9 @@ def test_locust_run_through_nginx_says_the_limits_held(stack, tmp_path):
     picture = (tmp_path / "report" / "verdict.svg").read_text()  # the verdict, drawn
     assert "PASS: the limits held" in picture and 'class="overshoot"' not in picture
     # Every plan took part, and some callers did reach their limit.
-    assert re.search(r"^free:\w+ +/v1/items +free +20/60s", result.stdout, re.M)
-    assert re.search(r"^pro:\w+ +/v1/items +pro +40/60s", result.stdout, re.M)
+    assert re.search(r"^free:[\w-]+ +/v1/items +free +20/60s", result.stdout, re.M)
+    # The pro account's three keys are judged as one caller: one row, its one budget.
+    assert len(re.findall(r"^pro:[\w-]+ +/v1/items +pro +40/60s", result.stdout, re.M)) == 1
 
 
 def test_locust_verdict_fails_when_instances_count_separately(project, service_venv, tmp_path):

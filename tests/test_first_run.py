@@ -151,7 +151,8 @@ def test_each_answer_set_starts_as_its_readme_says(cookies, service_venvs, tmp_p
         console(venv, project, env, "db", "upgrade")
         listed = console(venv, project, env, "plans", "list")
         console(venv, project, env, "plans", "update", "anonymous", "--limits", "3/hour")
-        key = console(venv, project, env, "keys", "create", "--plan", plan, "--owner", "test")
+        console(venv, project, env, "accounts", "create", "test", "--plan", plan)
+        key = console(venv, project, env, "keys", "create", "--account", "test")
         key = key.strip().splitlines()[-1]
 
         command = readme_uvicorn(project, venv, free_port())

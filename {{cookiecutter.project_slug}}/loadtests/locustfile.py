@@ -1,10 +1,12 @@
-"""Load test: users per plan, each with its own API key, and a verdict on whether limits held.
+"""Load test: users per plan and account, each with its own API key, and a verdict on whether
+limits held.
 
     python loadtests/run.py --host https://staging.example.com --duration 2m   # see its --help
 
 Settings (environment variables, so the same file serves laptops, compose and staging):
-- LOADTEST_KEYS_FILE: JSON {"plan": ["key", ...]} (`loadtest provision` writes it); one locust
-  user per key, so every key is a caller of its own.
+- LOADTEST_KEYS_FILE: JSON {"plan": {"account": ["key", ...]}} (`loadtest provision` writes
+  it); one locust user per key. The caller the verdict judges is the account: all of its keys
+  spend one budget, so their admissions are counted together.
 - LOADTEST_ANONYMOUS_USERS (2), LOADTEST_HEALTH_USERS (1): users without a key.
 - LOADTEST_RPS_PER_USER (2): the pace of each user.
 - LOADTEST_STRATEGY (the service's default): the algorithm, for its documented slack.
@@ -28,7 +30,7 @@ import gevent
 from locust import HttpUser, constant_throughput, events, task
 
 import picture  # beside this file: locust puts its directory on sys.path
-from verdict import Verdict
+from verdict import Verdict, callers_in_flight, keyed_callers
 
 KEYS_FILE = os.environ.get("LOADTEST_KEYS_FILE", str(Path(__file__).with_name("keys.json")))
 ANONYMOUS_USERS = int(os.environ.get("LOADTEST_ANONYMOUS_USERS", "2"))
@@ -36,14 +38,26 @@ HEALTH_USERS = int(os.environ.get("LOADTEST_HEALTH_USERS", "1"))
 RPS_PER_USER = float(os.environ.get("LOADTEST_RPS_PER_USER", "2"))
 MAX_RETRY_AFTER = float(os.environ.get("LOADTEST_MAX_RETRY_AFTER", "5"))
 
-KEYS: dict[str, list[str]] = (
-    json.loads(Path(KEYS_FILE).read_text()) if Path(KEYS_FILE).exists() else {}
-)
+
+def read_keys(path: Path) -> dict[str, dict[str, list[str]]]:
+    """The keys file: plan -> account -> keys. (Keys listed by plan alone, the format before
+    accounts, cannot say which keys share a budget: refused.)"""
+    if not path.exists():
+        return {}
+    keys = json.loads(path.read_text())
+    if any(not isinstance(accounts, dict) for accounts in keys.values()):
+        raise SystemExit(
+            f"{path}: expected keys by plan, then by account, as `loadtest provision` writes them"
+        )
+    return keys
+
+
+KEYS = read_keys(Path(KEYS_FILE))
 VERDICT = Verdict(
     strategy=os.environ.get("LOADTEST_STRATEGY", "{{ cookiecutter.ratelimit_strategy }}"),
     false_refusal_tolerance=int(os.environ.get("LOADTEST_FALSE_REFUSAL_TOLERANCE", "0")),
     overshoot_tolerance=int(os.environ.get("LOADTEST_OVERSHOOT_TOLERANCE", "0")),
-    concurrency={"anonymous": max(1, ANONYMOUS_USERS)},
+    concurrency={"anonymous": max(1, ANONYMOUS_USERS), **callers_in_flight(KEYS)},
     sheddable=frozenset(
         plan.strip() for plan in os.environ.get("LOADTEST_SHEDDABLE_PLANS", "").split(",") if plan
     ),
@@ -155,23 +169,25 @@ class HealthProbe(HttpUser):
                 r.failure(f"health answered {r.status_code}")
 
 
-def _keyed_user(plan: str, keys: list[str]) -> type[ServiceUser]:
-    pool = list(keys)
+def _keyed_user(plan: str) -> type[ServiceUser]:
+    pool = [(caller, key) for of_plan, caller, key in keyed_callers(KEYS) if of_plan == plan]
 
     def on_start(self) -> None:
-        self.api_key = pool.pop()
-        self.caller = f"{plan}:{self.api_key.split('_')[1]}"  # the public id, never the secret
+        self.caller, self.api_key = pool.pop()  # judged per account: its keys share a budget
         self._read_shadow_limits()
 
     return type(
         f"{plan.title().replace('-', '').replace('_', '')}User",
         (ServiceUser,),
-        {"fixed_count": len(keys), "on_start": on_start, "__module__": __name__},
+        {"fixed_count": len(pool), "on_start": on_start, "__module__": __name__},
     )
 
 
 # One user class per plan in the keys file, one user per key. (Locust collects every User
 # class in this module's namespace, so each is bound once, under its own name.)
 globals().update(
-    {cls.__name__: cls for cls in (_keyed_user(plan, keys) for plan, keys in KEYS.items() if keys)}
+    {
+        cls.__name__: cls
+        for cls in (_keyed_user(plan) for plan, accounts in KEYS.items() if accounts)
+    }
 )

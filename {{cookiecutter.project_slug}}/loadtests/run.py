@@ -1,8 +1,9 @@
 """Run the load test headless and report whether the limits held; the exit code is the verdict.
 
     python loadtests/run.py --host http://127.0.0.1:8080 --duration 60s --keys-file keys.json
-    python loadtests/run.py --host http://127.0.0.1:8080 --provision free=2 pro=2
-    (--provision creates keys through the CLI, so it needs the DATABASE_URL of that environment)
+    python loadtests/run.py --host http://127.0.0.1:8080 --provision free=2 pro=1x3
+    (--provision creates accounts and keys through the CLI, so it needs the DATABASE_URL of that
+    environment: `pro=1x3` is one pro account with three keys, which share its budget)
 
 Reports (locust's CSV files and HTML page, and verdict.svg: the verdict drawn) go to
 --report-dir. With --provision, keys are created through the service's CLI before the run and
@@ -39,15 +40,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="plans that may be shed (503) because this run overloads the service on purpose",
     )
     keys = parser.add_mutually_exclusive_group(required=True)
-    keys.add_argument("--keys-file", type=Path, help='JSON {"plan": ["key", ...]}')
-    keys.add_argument("--provision", nargs="+", metavar="PLAN=COUNT", help="e.g. free=2 pro=2")
+    keys.add_argument("--keys-file", type=Path, help='JSON {"plan": {"account": ["key", ...]}}')
+    keys.add_argument(
+        "--provision",
+        nargs="+",
+        metavar="PLAN=ACCOUNTS[xKEYS]",
+        help="e.g. free=2 pro=1x3 (one pro account with three keys)",
+    )
     parser.add_argument(
         "--report-dir", type=Path, default=Path("reports") / time.strftime("loadtest-%Y%m%d-%H%M%S")
     )
     return parser.parse_args(argv)
 
 
-def provision(plans: list[str]) -> dict[str, list[str]]:
+def provision(plans: list[str]) -> dict[str, dict[str, list[str]]]:
     done = subprocess.run([*CLI, "loadtest", "provision", *plans], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"provisioning keys failed: {done.stderr.strip()}")
@@ -57,7 +63,8 @@ def provision(plans: list[str]) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keys = json.loads(args.keys_file.read_text()) if args.keys_file else provision(args.provision)
-    users = args.anonymous_users + args.health_users + sum(len(k) for k in keys.values())
+    users = args.anonymous_users + args.health_users
+    users += sum(len(keys_of) for accounts in keys.values() for keys_of in accounts.values())
     args.report_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as keys_file:
         json.dump(keys, keys_file)

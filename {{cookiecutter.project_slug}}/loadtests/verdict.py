@@ -1,9 +1,9 @@
 """Did the limits hold? Judges what a load test saw, response by response.
 
 Pure Python, no locust import: the locustfile feeds it, the unit tests feed it recorded events.
-Each response is attributed to a caller (an API key, or "anonymous": all anonymous users share
-the load generator's address), a route template and the policies its RateLimit-Policy header
-lists. A run fails when:
+Each response is attributed to a caller (an account, whose keys all spend one budget, see
+`keyed_callers`; or "anonymous": all anonymous users share the load generator's address), a
+route template and the policies its RateLimit-Policy header lists. A run fails when:
 
 - overshoot: a caller was admitted more than a policy's quota within one window, allowing the
   algorithm's documented slack (fixed-window admits up to 2x across a window edge) and
@@ -37,6 +37,25 @@ SLACK = {"moving-window": 1.0, "sliding-window-counter": 2.0, "fixed-window": 2.
 
 _POLICY_RE = re.compile(r'^\s*"([^"]*)"((?:;\s*[a-z]+=[^;,]*)*)\s*$')
 _QUOTA_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "ratelimit")
+
+
+def keyed_callers(keys: Mapping[str, Mapping[str, list[str]]]) -> list[tuple[str, str, str]]:
+    """(plan, caller, key) for every key of a keys file ({"plan": {"account": [keys]}}): the
+    caller is the key's account, "pro:acme", as every key of an account spends its budget."""
+    return [
+        (plan, f"{plan}:{account}", key)
+        for plan, accounts in keys.items()
+        for account, account_keys in accounts.items()
+        for key in account_keys
+    ]
+
+
+def callers_in_flight(keys: Mapping[str, Mapping[str, list[str]]]) -> dict[str, int]:
+    """Requests each account may have in flight at once: one per key (a user per key)."""
+    counts: dict[str, int] = {}
+    for _plan, caller, _key in keyed_callers(keys):
+        counts[caller] = counts.get(caller, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,9 +209,25 @@ async def set_plan(
     await _in_session(url, work)
 
 
-async def create_key(url: str, plan: str, owner: str = "tests") -> str:
+async def create_account(url: str, name: str, plan: str) -> None:
+    """An account on `plan` in the database at `url`, as the CLI would."""
+
     async def work(session):
-        key, _ = await repository.create_key(session, plan, owner)
+        await repository.create_account(session, name, plan)
+
+    await _in_session(url, work)
+
+
+async def create_key(url: str, plan: str | None = None, account: str | None = None) -> str:
+    """A key of `account`; without one, of a new account of its own on `plan` (so each such key
+    is a caller with its own budget)."""
+
+    async def work(session):
+        name = account
+        if name is None:
+            name = f"tests-{uuid.uuid4().hex[:8]}"
+            await repository.create_account(session, name, plan)
+        key, _ = await repository.create_key(session, name)
         return key
 
     return await _in_session(url, work)

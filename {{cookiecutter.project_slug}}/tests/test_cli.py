@@ -20,6 +20,7 @@ from .conftest import (
     _admin,
     _asyncpg_dsn,
     _url_for,
+    create_account,
     create_key,
     free_port,
     revoke_key,
@@ -140,13 +141,25 @@ async def test_the_cli_refuses_limits_past_the_grammars_bounds(database_url, lim
     [
         ["keys", "update", "{public_id}", "--block", "abuse\x1b[2J\x1b[31mpay now"],
         ["keys", "update", "{public_id}", "--block", "first line\nforged: line"],
-        ["keys", "create", "--plan", "pro", "--owner", "acme\x1b]0;owned\x07"],
+        ["keys", "create", "--account", "acme", "--owner", "acme\x1b]0;owned\x07"],
         ["plans", "create", "gold\r", "10/minute"],
+        ["accounts", "create", "evil\x1b[2J", "--plan", "pro"],
+        ["accounts", "update", "acme", "--rename", "acme\u202e"],
+        ["accounts", "block", "acme", "unpaid\nforged: line"],
     ],
-    ids=["block-ansi", "block-newline", "owner-osc", "plan-name-cr"],
+    ids=[
+        "block-ansi",
+        "block-newline",
+        "owner-osc",
+        "plan-name-cr",
+        "account-name-ansi",
+        "account-rename-bidi",
+        "account-block-newline",
+    ],
 )
 async def test_free_text_with_control_characters_is_refused(database_url, command):
-    key = await create_key(database_url, "pro", owner="acme")
+    await create_account(database_url, "acme", "pro")
+    key = await create_key(database_url, account="acme")
     args = [arg.replace("{public_id}", key.split("_")[1]) for arg in command]
     line = one_error_line(*(await run_cli(database_url, *args))[::2])
     assert "must not contain control characters" in line
@@ -155,7 +168,7 @@ async def test_free_text_with_control_characters_is_refused(database_url, comman
 
 async def test_keys_list_escapes_control_characters_already_in_the_database(database_url):
     # A row written by plain SQL before migration 0006 (or on SQLite, which has no such CHECK).
-    key = await create_key(database_url, "pro", owner="acme")
+    key = await create_key(database_url, "pro")
     await _execute(
         database_url, "ALTER TABLE api_keys DROP CONSTRAINT ck_api_keys_blocked_reason_printable"
     )
@@ -173,7 +186,8 @@ async def test_keys_list_escapes_control_characters_already_in_the_database(data
 
 
 async def test_the_database_refuses_control_characters_written_by_plain_sql(database_url):
-    key = await create_key(database_url, "pro", owner="acme")
+    await create_account(database_url, "acme", "pro")
+    key = await create_key(database_url, account="acme")
     for column in ("blocked_reason", "owner"):
         with pytest.raises(asyncpg.CheckViolationError):
             await _execute(
@@ -181,6 +195,11 @@ async def test_the_database_refuses_control_characters_written_by_plain_sql(data
                 f"UPDATE api_keys SET {column} = $1 WHERE public_id = $2",
                 "x\x1b[31m",
                 key.split("_")[1],
+            )
+    for column in ("blocked_reason", "name"):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await _execute(
+                database_url, f"UPDATE accounts SET {column} = $1 WHERE name = 'acme'", "x\x07"
             )
 
 
@@ -204,17 +223,23 @@ async def test_a_route_that_is_not_a_template_of_the_app_is_refused_naming_the_k
     assert code == 0 and "/v1/items=1/minute" in stdout
 
 
-async def test_a_key_cannot_be_created_on_an_inactive_plan(database_url):
+async def test_an_account_or_a_key_cannot_be_created_on_an_inactive_plan(database_url):
+    await create_account(database_url, "early", "free")
     code, stdout, _ = await run_cli(database_url, "plans", "update", "free", "--deactivate")
     assert code == 0 and "(inactive)" in stdout
-    line = one_error_line(
-        *(await run_cli(database_url, "keys", "create", "--plan", "free", "--owner", "x"))[::2]
-    )
-    assert "plan 'free' is inactive" in line
+    for args in (
+        ["accounts", "create", "x", "--plan", "free"],
+        ["keys", "create", "--account", "early"],
+        ["accounts", "move", "early", "free"],
+    ):
+        line = one_error_line(*(await run_cli(database_url, *args))[::2])
+        assert "plan 'free' is inactive" in line
     code, stdout, _ = await run_cli(database_url, "keys", "list", "--plan", "free")
-    assert code == 0 and "\tx\t" not in stdout
+    assert (code, stdout) == (0, "")
     await run_cli(database_url, "plans", "update", "free", "--activate")
-    code, _, _ = await run_cli(database_url, "keys", "create", "--plan", "free", "--owner", "x")
+    code, _, _ = await run_cli(database_url, "accounts", "create", "x", "--plan", "free")
+    assert code == 0
+    code, _, _ = await run_cli(database_url, "keys", "create", "--account", "x")
     assert code == 0
 
 

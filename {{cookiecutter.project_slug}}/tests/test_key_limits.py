@@ -1,13 +1,21 @@
-"""One key's own limits and blocks (`keys update`): in place of its plan's, validated like
-plans, refused by the database when written wrong, and applied by every instance within the
-plan cache TTL."""
+"""One key's own limits and blocks (`keys update`), and an account's own limits: a key's are
+counted for it alone on top of its account's budget, an account's replace its plan's; validated
+like plans, refused by the database when written wrong, and applied by every instance within
+the plan cache TTL."""
 
 import asyncio
 
 import asyncpg
 import pytest
 
-from .conftest import _asyncpg_dsn, create_key, run_cli, running_client, set_plan
+from .conftest import (
+    _asyncpg_dsn,
+    create_account,
+    create_key,
+    run_cli,
+    running_client,
+    set_plan,
+)
 
 
 def public_id(key: str) -> str:
@@ -18,21 +26,24 @@ async def statuses(client, key: str, count: int, path: str = "/v1/items") -> lis
     return [(await client.get(path, headers={"X-API-Key": key})).status_code for _ in range(count)]
 
 
-async def test_a_key_with_its_own_limits_gets_them_and_its_plan_mates_keep_the_plans(
-    make_settings, database_url
-):
+async def test_a_keys_narrower_limit_holds_inside_its_accounts_budget(make_settings, database_url):
     await set_plan(database_url, "pro", "6/minute")
-    own, mate = await create_key(database_url, "pro"), await create_key(database_url, "pro")
+    await create_account(database_url, "acme", "pro")
+    own = await create_key(database_url, account="acme")
+    mate = await create_key(database_url, account="acme")
     code, stdout, _ = await run_cli(
         database_url, "keys", "update", public_id(own), "--limits", "3/minute"
     )
     assert code == 0 and "limits 3/minute" in stdout
     async with running_client(make_settings()) as client:
-        assert await statuses(client, own, 4) == [200] * 3 + [429]
-        assert await statuses(client, mate, 7) == [200] * 6 + [429]
-        answer = await client.get("/v1/items", headers={"X-API-Key": own})
-    assert answer.headers["ratelimit-policy"] == '"pro";q=3;w=60'
-    assert answer.json()["status"] == 429
+        assert await statuses(client, own, 4) == [200] * 3 + [429]  # its own 3
+        refused = await client.get("/v1/items", headers={"X-API-Key": own})
+        # The account's 6 less the 3 the limited key spent: a key's limit never adds budget.
+        assert await statuses(client, mate, 4) == [200] * 3 + [429]
+        spent = await client.get("/v1/items", headers={"X-API-Key": mate})
+    assert refused.headers["ratelimit-policy"] == '"pro";q=6;w=60, "key";q=3;w=60'
+    assert refused.json()["policy"] == "key"
+    assert spent.json()["policy"] == "pro"  # the account's budget is out
 
 
 async def test_per_route_limits_of_a_key_replace_its_plans_on_that_route_only(
@@ -112,6 +123,8 @@ async def test_the_database_refuses_key_and_shadow_limits_it_cannot_read(databas
             )
         with pytest.raises(asyncpg.CheckViolationError):
             await connection.execute("UPDATE plans SET shadow_limits = 'lots' WHERE name = 'pro'")
+        with pytest.raises(asyncpg.CheckViolationError):
+            await connection.execute("UPDATE accounts SET limits = '10/fortnight'")
         await connection.execute(
             "UPDATE api_keys SET limits = '2/minute' WHERE public_id = $1", public_id(key)
         )
@@ -140,15 +153,16 @@ async def test_a_blocked_keys_reason_is_shown_only_to_a_holder_of_its_secret(
     assert not [r for r in guesses if "invoice" in r.text]
 
 
-async def test_a_keys_limits_of_every_route_replace_its_plans_per_route_limits_too(
+async def test_an_accounts_limits_of_every_route_replace_its_plans_per_route_limits_too(
     make_settings, database_url
 ):
     await set_plan(database_url, "pro", "100/minute", route_limits={"/v1/items": "2/minute"})
-    key = await create_key(database_url, "pro")
-    code, _, _ = await run_cli(
-        database_url, "keys", "update", public_id(key), "--limits", "4/minute"
+    await create_account(database_url, "acme", "pro")
+    key = await create_key(database_url, account="acme")
+    code, stdout, _ = await run_cli(
+        database_url, "accounts", "update", "acme", "--limits", "4/minute"
     )
-    assert code == 0
+    assert code == 0 and "limits 4/minute" in stdout
     async with running_client(make_settings()) as client:
         assert await statuses(client, key, 5) == [200] * 4 + [429]
         answer = await client.get("/v1/items", headers={"X-API-Key": key})

@@ -3,7 +3,13 @@
 from xml.etree import ElementTree
 
 from loadtests import picture
-from loadtests.verdict import Verdict, parse_policies, parse_ratelimit
+from loadtests.verdict import (
+    Verdict,
+    callers_in_flight,
+    keyed_callers,
+    parse_policies,
+    parse_ratelimit,
+)
 
 
 def quota(policy: str, q: int, w: int, remaining: int, reset_in: int, now: float) -> dict:
@@ -264,3 +270,29 @@ def test_the_picture_escapes_what_callers_and_routes_are_named():
     verdict = Verdict()
     verdict.record("a<b>&", "/v1/<x>", 1.0, 200, quota("p&q", 5, 60, 4, 60, 1.0))
     assert "a<b>&" in text(drawn(verdict))  # parsed back: it was escaped, not markup
+
+
+KEYS_FILE = {"pro": {"acme": ["sk_a", "sk_b"], "solo": ["sk_c"]}, "free": {"tiny": ["sk_d"]}}
+
+
+def test_keys_of_one_account_are_one_caller_with_one_request_in_flight_per_key():
+    assert keyed_callers(KEYS_FILE) == [
+        ("pro", "pro:acme", "sk_a"),
+        ("pro", "pro:acme", "sk_b"),
+        ("pro", "pro:solo", "sk_c"),
+        ("free", "free:tiny", "sk_d"),
+    ]
+    assert callers_in_flight(KEYS_FILE) == {"pro:acme": 2, "pro:solo": 1, "free:tiny": 1}
+
+
+def test_two_keys_of_one_account_admitted_the_plan_each_is_an_overshoot():
+    # Each key alone stays within 5/60s; the account they share got 8.
+    verdict = Verdict(concurrency=callers_in_flight(KEYS_FILE))
+    now = 1_000_000.0
+    callers = {key: caller for _, caller, key in keyed_callers(KEYS_FILE)}
+    for n in range(4):
+        for key in ("sk_a", "sk_b"):
+            headers = quota("pro", 5, 60, 4, 60 - n, now)
+            verdict.record(callers[key], "/v1/items", now + n, 200, headers)
+    (failure,) = verdict.failures()
+    assert failure.startswith("pro:acme /v1/items: 8 admitted within 60s under pro (quota 5)")

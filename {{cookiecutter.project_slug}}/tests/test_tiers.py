@@ -39,9 +39,9 @@ async def test_seeded_plans_are_present(make_settings, database_url):
 
 
 async def test_a_key_made_with_the_cli_authenticates_on_its_plan(make_settings, database_url):
-    code, stdout, stderr = await run_cli(
-        database_url, "keys", "create", "--plan", "pro", "--owner", "cli-test"
-    )
+    code, _, _ = await run_cli(database_url, "accounts", "create", "cli-test", "--plan", "pro")
+    assert code == 0
+    code, stdout, stderr = await run_cli(database_url, "keys", "create", "--account", "cli-test")
     key = stdout.strip()
     assert code == 0 and key.startswith("sk_") and "shown only this once" in stderr
     await set_plan(database_url, "pro", "7/minute")
@@ -53,7 +53,7 @@ async def test_a_key_made_with_the_cli_authenticates_on_its_plan(make_settings, 
     assert header.headers["ratelimit"] == '"pro";r=5;t=60'  # the same budget: 7 - 2
 
 
-async def test_each_plan_has_its_own_limits_and_each_key_its_own_budget(
+async def test_each_plan_has_its_own_limits_and_each_account_its_own_budget(
     make_settings, database_url
 ):
     await set_plan(database_url, "free", "3/minute")
@@ -68,7 +68,7 @@ async def test_each_plan_has_its_own_limits_and_each_key_its_own_budget(
 
         assert await statuses(free, 5) == [200] * 3 + [429] * 2
         assert await statuses(pro, 8) == [200] * 6 + [429] * 2
-        assert await statuses(other_pro, 1) == [200]  # same plan, separate budget
+        assert await statuses(other_pro, 1) == [200]  # same plan, another account
         anonymous = await client.get("/v1/items")  # and the caller's IP has its own
         refused = await client.get("/v1/items", headers={"X-API-Key": pro})
     assert anonymous.status_code == 200 and policy_names(anonymous) == ["anonymous"]
@@ -239,21 +239,23 @@ async def test_database_down_cached_keys_keep_working_uncached_get_503(
     "args,message",
     [
         (
-            ["keys", "create", "--plan", "platinum", "--owner", "x"],
+            ["accounts", "create", "x", "--plan", "platinum"],
             "error: no plan named 'platinum'",
         ),
+        (["keys", "create", "--account", "nobody"], "error: no account named 'nobody'"),
         (["plans", "create", "gold", "10/fortnight"], "error: '10/fortnight' is not a limit"),
         (["plans", "update", "pro", "--limits", "0/minute"], "error: '0/minute' is not a limit"),
         (["keys", "revoke", "000000000000"], "error: no API key with id '000000000000'"),
     ],
-    ids=["unknown plan", "malformed limit", "zero limit", "unknown key"],
+    ids=["unknown plan", "unknown account", "malformed limit", "zero limit", "unknown key"],
 )
 async def test_bad_cli_input_is_one_line_and_writes_nothing(database_url, args, message):
     _, before, _ = await run_cli(database_url, "plans", "list")
     code, _, stderr = await run_cli(database_url, *args)
     _, after, _ = await run_cli(database_url, "plans", "list")
     _, keys, _ = await run_cli(database_url, "keys", "list")
-    assert code == 2
+    _, accounts, _ = await run_cli(database_url, "accounts", "list")
+    assert code == 2 and accounts == ""
     assert stderr.strip().splitlines() == [stderr.strip()] and stderr.startswith(message)
     assert before == after and keys == ""
 

@@ -1,4 +1,4 @@
-"""Command line for plans, API keys and migrations: `{{ cookiecutter.project_slug }} --help`.
+"""Command line for plans, accounts, API keys and migrations: `{{ cookiecutter.project_slug }} --help`.
 
 Every command runs in one transaction: bad input prints one line, exits 2 and writes nothing.
 """
@@ -6,6 +6,7 @@ Every command runs in one transaction: bad input prints one line, exits 2 and wr
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -18,7 +19,7 @@ from .database import create_engine, database_url, session_factory
 from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.cache import DATABASE_ERRORS
-from .plans.models import ApiKeyRow, PlanRow
+from .plans.models import AccountRow, ApiKeyRow, PlanRow
 from .ratelimit import limited_templates
 from .settings import Settings, get_settings, settings_or_exit
 
@@ -69,16 +70,26 @@ def _describe_plan(row: PlanRow) -> str:
     return f"{_shown(row.name)}\t{limits}{priority}{state}"
 
 
+def _describe_own_limits(limits: str | None, route_limits: dict[str, str] | None, of: str) -> str:
+    if limits is None and not route_limits:
+        return ""
+    return f"\tlimits {_shown(limits or of)}{_shown(_describe_routes(route_limits))}"
+
+
+def _describe_account(row: AccountRow) -> str:
+    own = _describe_own_limits(row.limits, row.route_limits, "(plan)")
+    blocked = f"\tblocked: {_shown(row.blocked_reason)}" if row.blocked_reason else ""
+    return f"{_shown(row.name)}\t{_shown(row.plan.name)}\t{row.created_at:%Y-%m-%d}{own}{blocked}"
+
+
 def _describe_key(row: ApiKeyRow) -> str:
-    own = ""
-    if row.limits is not None or row.route_limits:
-        own = f"\tlimits {_shown(row.limits or '(plan)')}"
-        own += _shown(_describe_routes(row.route_limits))
+    own = _describe_own_limits(row.limits, row.route_limits, "(account)")
     blocked = f"\tblocked: {_shown(row.blocked_reason)}" if row.blocked_reason else ""
     revoked = f"\trevoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else ""
     created = f"{row.created_at:%Y-%m-%d}"
-    plan, owner = _shown(row.plan.name), _shown(row.owner)
-    return f"{row.public_id}\t{plan}\t{owner}\t{created}{own}{blocked}{revoked}"
+    account, plan = _shown(row.account.name), _shown(row.account.plan.name)
+    owner = _shown(row.owner)
+    return f"{row.public_id}\t{account}\t{plan}\t{owner}\t{created}{own}{blocked}{revoked}"
 
 
 async def plans_list(session: AsyncSession, args: argparse.Namespace) -> None:
@@ -111,15 +122,72 @@ async def plans_update(session: AsyncSession, args: argparse.Namespace) -> None:
     print(f"updated plan {_describe_plan(row)}")
 
 
+async def accounts_list(session: AsyncSession, args: argparse.Namespace) -> None:
+    for row in await repository.list_accounts(session, args.plan):
+        print(_describe_account(row))
+
+
+async def accounts_show(session: AsyncSession, args: argparse.Namespace) -> None:
+    row = await repository.get_account(session, args.name)
+    print(_describe_account(row))
+    for key in await repository.list_keys(session, account_name=row.name):
+        print(f"  {_describe_key(key)}")
+
+
+async def accounts_create(session: AsyncSession, args: argparse.Namespace) -> None:
+    row = await repository.create_account(
+        session, args.name, args.plan, args.limits, _route_limits(args.route)
+    )
+    print(f"created account {_describe_account(row)}")
+
+
+def _account_updated(row: AccountRow) -> None:
+    print(f"updated account {_describe_account(row)}")
+    print("every instance applies it within PLAN_CACHE_TTL_SECONDS", file=sys.stderr)
+
+
+async def accounts_update(session: AsyncSession, args: argparse.Namespace) -> None:
+    if args.limits is None and args.route is None and not args.clear_limits and not args.rename:
+        raise ValueError("nothing to change: give --limits, --route, --clear-limits or --rename")
+    row = await repository.update_account(
+        session,
+        args.name,
+        limits=args.limits,
+        route_limits=_route_limits(args.route),
+        clear_limits=args.clear_limits,
+        new_name=args.rename,
+    )
+    _account_updated(row)
+
+
+async def accounts_move(session: AsyncSession, args: argparse.Namespace) -> None:
+    _account_updated(await repository.update_account(session, args.name, plan_name=args.plan))
+
+
+async def accounts_block(session: AsyncSession, args: argparse.Namespace) -> None:
+    _account_updated(
+        await repository.update_account(session, args.name, blocked_reason=args.reason)
+    )
+
+
+async def accounts_unblock(session: AsyncSession, args: argparse.Namespace) -> None:
+    _account_updated(await repository.update_account(session, args.name, unblock=True))
+
+
 async def keys_create(session: AsyncSession, args: argparse.Namespace) -> None:
-    key, row = await repository.create_key(session, args.plan, args.owner)
-    print(f"created key {row.public_id} for {row.owner!r} on plan {args.plan}", file=sys.stderr)
+    key, row = await repository.create_key(session, args.account, args.owner)
+    account = row.account
+    print(
+        f"created key {row.public_id} of account {_shown(account.name)!r} "
+        f"(plan {_shown(account.plan.name)}), held by {_shown(row.owner)!r}",
+        file=sys.stderr,
+    )
     print("the key is shown only this once; store it now:", file=sys.stderr)
     print(key)
 
 
 async def keys_list(session: AsyncSession, args: argparse.Namespace) -> None:
-    for row in await repository.list_keys(session, args.plan):
+    for row in await repository.list_keys(session, args.plan, args.account):
         print(_describe_key(row))
 
 
@@ -144,31 +212,44 @@ async def keys_update(session: AsyncSession, args: argparse.Namespace) -> None:
 
 async def keys_revoke(session: AsyncSession, args: argparse.Namespace) -> None:
     row = await repository.revoke_key(session, args.public_id)
-    print(f"revoked key {row.public_id} ({row.owner})")
+    print(f"revoked key {row.public_id} ({_shown(row.owner)})")
 
 
-# Owner of the keys the load test creates, so that `loadtest cleanup` revokes exactly those.
-LOADTEST_OWNER = "loadtest"
+# The load test's accounts are named so, so that `loadtest cleanup` revokes exactly their keys.
+LOADTEST_ACCOUNT_PREFIX = "loadtest-"
 
 
 async def loadtest_provision(session: AsyncSession, args: argparse.Namespace) -> None:
+    """PLAN=ACCOUNTS or PLAN=ACCOUNTSxKEYS: that many accounts on the plan, each with that many
+    keys (1 by default); prints {"plan": {"account": ["key", ...]}}."""
     counts = {}
     for spec in args.plans:
         plan, _, count = spec.partition("=")
-        if not count.isdigit() or int(count) < 1:
-            raise ValueError(f"{spec!r} must look like pro=2")
-        counts[plan] = int(count)
-    keys: dict[str, list[str]] = {}
-    for plan, count in counts.items():
-        keys[plan] = []
-        for _ in range(count):
-            key, _row = await repository.create_key(session, plan, LOADTEST_OWNER)
-            keys[plan].append(key)
-    print(json.dumps(keys))
+        accounts, _, keys_each = count.partition("x")
+        if not (accounts.isdigit() and int(accounts) >= 1) or not (
+            keys_each == "" or (keys_each.isdigit() and 1 <= int(keys_each) <= 100)
+        ):
+            raise ValueError(f"{spec!r} must look like pro=2 (accounts) or pro=2x3 (3 keys each)")
+        counts[plan] = (int(accounts), int(keys_each or 1))
+    run = secrets.token_hex(3)  # accounts of earlier runs keep their names
+    provisioned: dict[str, dict[str, list[str]]] = {}
+    for plan, (accounts, keys_each) in counts.items():
+        provisioned[plan] = {}
+        for number in range(1, accounts + 1):
+            name = f"{LOADTEST_ACCOUNT_PREFIX}{run}-{plan}-{number}"
+            await repository.create_account(session, name, plan)
+            provisioned[plan][name] = [
+                (await repository.create_key(session, name))[0] for _ in range(keys_each)
+            ]
+    print(json.dumps(provisioned))
 
 
 async def loadtest_cleanup(session: AsyncSession, args: argparse.Namespace) -> None:
-    print(f"revoked {await repository.revoke_keys_of(session, LOADTEST_OWNER)} load-test keys")
+    revoked = 0
+    for account in await repository.list_accounts(session):
+        if account.name.startswith(LOADTEST_ACCOUNT_PREFIX):
+            revoked += await repository.revoke_keys_of(session, account.name)
+    print(f"revoked {revoked} load-test keys")
 
 
 Command = Callable[[AsyncSession, argparse.Namespace], Awaitable[None]]
@@ -209,26 +290,73 @@ def build_parser() -> argparse.ArgumentParser:
     active.add_argument("--deactivate", dest="active", action="store_const", const=False)
     update.set_defaults(handler=plans_update)
 
+    accounts = groups.add_parser(
+        "accounts", help="customer accounts: a plan, its keys, one budget"
+    ).add_subparsers(required=True)
+    list_accounts = accounts.add_parser("list", help="list accounts")
+    list_accounts.add_argument("--plan")
+    list_accounts.set_defaults(handler=accounts_list)
+    show = accounts.add_parser("show", help="an account and its keys (never the keys themselves)")
+    show.add_argument("name")
+    show.set_defaults(handler=accounts_show)
+    create_account = accounts.add_parser("create", help="create an account on a plan")
+    create_account.add_argument("name")
+    create_account.add_argument("--plan", required=True)
+    create_account.add_argument(
+        "--limits", help="its own limits of every route, in place of the plan's"
+    )
+    create_account.add_argument("--route", action="append", help="its own limits of one route")
+    create_account.set_defaults(handler=accounts_create)
+    update_account = accounts.add_parser("update", help="give an account its own limits, rename it")
+    update_account.add_argument("name")
+    update_account.add_argument(
+        "--limits", help="its limits of every route, in place of the plan's"
+    )
+    update_account.add_argument(
+        "--route", action="append", help="its limits of one route; replaces all its per-route ones"
+    )
+    update_account.add_argument(
+        "--clear-limits", action="store_true", help="back to the plan's limits (before the rest)"
+    )
+    update_account.add_argument("--rename", metavar="NEW_NAME")
+    update_account.set_defaults(handler=accounts_update)
+    move = accounts.add_parser("move", help="move an account to another plan (its budget goes on)")
+    move.add_argument("name")
+    move.add_argument("plan")
+    move.set_defaults(handler=accounts_move)
+    block = accounts.add_parser("block", help="refuse every key of an account (403, the reason)")
+    block.add_argument("name")
+    block.add_argument("reason")
+    block.set_defaults(handler=accounts_block)
+    unblock = accounts.add_parser("unblock", help="serve an account's keys again")
+    unblock.add_argument("name")
+    unblock.set_defaults(handler=accounts_unblock)
+
     keys = groups.add_parser("keys", help="API keys").add_subparsers(required=True)
-    create_key = keys.add_parser("create", help="issue a key (printed once)")
-    create_key.add_argument("--plan", required=True)
-    create_key.add_argument("--owner", required=True, help="who the key is for")
+    create_key = keys.add_parser("create", help="issue a key of an account (printed once)")
+    create_key.add_argument("--account", required=True)
+    create_key.add_argument(
+        "--owner", help="who or what holds the key: a person, a service (the account's name)"
+    )
     create_key.set_defaults(handler=keys_create)
     list_keys = keys.add_parser("list", help="list keys (never the keys themselves)")
     list_keys.add_argument("--plan")
+    list_keys.add_argument("--account")
     list_keys.set_defaults(handler=keys_list)
     update_key = keys.add_parser(
         "update", help="give a key its own limits, or block it, by its public id"
     )
     update_key.add_argument("public_id")
-    update_key.add_argument("--limits", help="the key's limits of every route, e.g. 5000/minute")
+    update_key.add_argument(
+        "--limits", help="the key's own limits of every route, on top of its account's: 100/minute"
+    )
     update_key.add_argument(
         "--route",
         action="append",
         help="the key's limits of one route, /v1/items=10/minute; replaces all its per-route ones",
     )
     update_key.add_argument(
-        "--clear-limits", action="store_true", help="back to the plan's limits (before the rest)"
+        "--clear-limits", action="store_true", help="none of its own (before the rest)"
     )
     blocking = update_key.add_mutually_exclusive_group()
     blocking.add_argument("--block", metavar="REASON", help="refuse the key (403, this reason)")
@@ -241,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest = groups.add_parser("loadtest", help="keys for loadtests/").add_subparsers(
         required=True
     )
-    provision = loadtest.add_parser("provision", help="create keys, print them as JSON")
-    provision.add_argument("plans", nargs="+", metavar="PLAN=COUNT")
+    provision = loadtest.add_parser(
+        "provision", help="create accounts and their keys, print them as JSON"
+    )
+    provision.add_argument("plans", nargs="+", metavar="PLAN=ACCOUNTS[xKEYS]")
     provision.set_defaults(handler=loadtest_provision)
     loadtest.add_parser("cleanup", help="revoke every load-test key").set_defaults(
         handler=loadtest_cleanup

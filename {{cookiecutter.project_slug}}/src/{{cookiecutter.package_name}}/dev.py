@@ -95,7 +95,7 @@ async def is_live(session: AsyncSession, key: str, plan: str) -> bool:
         row is not None
         and row.revoked_at is None
         and digest_matches(parsed, row.secret_hash)
-        and row.plan.name == plan
+        and row.account.plan.name == plan
     )
 
 
@@ -113,7 +113,14 @@ async def demo_keys(settings: Settings) -> tuple[dict[str, str], bool, int]:
                     continue
                 key = saved.get(plan)
                 if key is None or not await is_live(session, key, plan):
-                    key, _ = await repository.create_key(session, plan, DEMO_OWNER)
+                    # One demo account per plan, kept across runs: its keys share its budget.
+                    account = f"{DEMO_OWNER} ({plan})"
+                    found = await repository.find_account(session, account)
+                    if found is None:
+                        await repository.create_account(session, account, plan)
+                    elif found.plan.name != plan:  # moved by hand: put it back
+                        await repository.update_account(session, account, plan_name=plan)
+                    key, _ = await repository.create_key(session, account)
                 keys[plan] = key
             anonymous = await repository.get_plan(session, ANONYMOUS)
     finally:

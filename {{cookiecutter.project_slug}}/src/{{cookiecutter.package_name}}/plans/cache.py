@@ -1,8 +1,9 @@
 """The in-process cache of plans and API keys that every request reads.
 
-In steady state a request makes no database query: a key's grant (its hash, plan and status)
-is read once and served from memory for PLAN_CACHE_TTL_SECONDS, so a revoked key or a changed
-plan takes effect within that time, without a restart. Concurrent misses for one key share a
+In steady state a request makes no database query: a key's grant (its hash, its account, the
+account's plan and their status) is read once, in one query, and served from memory for
+PLAN_CACHE_TTL_SECONDS, so a revoked key, a changed plan or an account moved to another plan
+takes effect within that time, without a restart. Concurrent misses for one key share a
 single query. While the database is unreachable, entries already cached keep serving (even
 past their TTL) and only callers never seen get `Unavailable` (503). Public ids of no key are
 cached apart, so guessing cannot evict real keys.
@@ -38,14 +39,18 @@ DATABASE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 @dataclass(frozen=True, slots=True)
 class KeyGrant:
     secret_hash: str
-    # None when the key is revoked or its plan deactivated: such keys are refused. With the
-    # key's own limits in place of the plan's, when it has some.
+    # None when the key is revoked or its plan deactivated: such keys are refused. Its account's
+    # plan, with the account's own limits in place of the plan's and the key's own on top.
     plan: Plan | None
-    # Why the key is blocked (403), or None.
+    # Why the key (or its whole account) is blocked (403), or None.
     blocked: str | None = None
     # The name of the key's plan when an operator deactivated it (403 "plan inactive", not the
     # 401 of a wrong key: the caller holds a real key), or None.
     inactive_plan: str | None = None
+    # Who is counted: "account:<id>", one budget for every key of the account.
+    identity: str = ""
+    # The account's name, told to its own callers (GET /v1/rate-limit).
+    account: str | None = None
 
 
 class MisconfiguredPlan(Exception):
@@ -163,15 +168,24 @@ class PlanCache:
             return None
         if row.revoked_at is not None:
             return KeyGrant(row.secret_hash, None)
-        if not row.plan.is_active:
-            return KeyGrant(row.secret_hash, None, inactive_plan=row.plan.name)
-        plan = self._plan(row.plan)
+        account = row.account
+        if not account.plan.is_active:
+            return KeyGrant(row.secret_hash, None, inactive_plan=account.plan.name)
+        plan = self._plan(account.plan)
         try:
             plan = self._kept(repository.key_plan(row, plan))
         except ValueError as exc:  # written by plain SQL, past the CHECK (SQLite has none)
-            own = f"key {row.public_id}: limits={row.limits!r}, route_limits={row.route_limits!r}"
+            own = (
+                f"account {account.name!r}: limits={account.limits!r}, "
+                f"route_limits={account.route_limits!r}; key {row.public_id}: "
+                f"limits={row.limits!r}, route_limits={row.route_limits!r}"
+            )
             raise MisconfiguredPlan(plan.name, own) from exc
-        return KeyGrant(row.secret_hash, plan, row.blocked_reason)
+        # The account's block first: it is the one the customer has to settle.
+        blocked = account.blocked_reason or row.blocked_reason
+        return KeyGrant(
+            row.secret_hash, plan, blocked, identity=f"account:{account.id}", account=account.name
+        )
 
     async def _fetch_plan(self, name: str) -> Plan | None:
         async with self._sessions() as session:

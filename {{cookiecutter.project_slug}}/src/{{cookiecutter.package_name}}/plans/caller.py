@@ -15,9 +15,12 @@ from .plan import ANONYMOUS, Plan
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    # Stable, non-secret identity used in limiter keys: "ip:203.0.113.7" or "key:3f9a0c1b2d4e".
+    # Stable, non-secret identity used in limiter keys: "ip:203.0.113.7" or "account:42" (every
+    # key of an account spends one budget; a key's own limits are counted apart, see Plan).
     identity: str
     plan: Plan
+    # The name of the account whose key it is; None for anonymous callers.
+    account: str | None = None
 
 
 class InvalidCredentials(Exception):
@@ -140,7 +143,7 @@ class CallerResolver:
             raise InactivePlan(grant.inactive_plan, parsed.public_id)
         if grant.plan is None:
             raise InvalidCredentials("unknown or revoked API key")
-        caller = Caller(identity=f"key:{parsed.public_id}", plan=grant.plan)
+        caller = Caller(identity=grant.identity, plan=grant.plan, account=grant.account)
         if grant.blocked is not None:
             raise BlockedKey(grant.blocked, caller)
         return caller

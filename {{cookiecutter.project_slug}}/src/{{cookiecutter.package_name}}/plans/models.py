@@ -1,4 +1,8 @@
-"""The `plans` and `api_keys` tables. Alembic migrations (migrations/) create them."""
+"""The `plans`, `accounts` and `api_keys` tables. Alembic migrations (migrations/) create them.
+
+A plan is a product (free, pro); an account is a customer subscribed to one plan, spending one
+budget whichever of its keys it calls with; a key is only how the account proves who it is.
+"""
 
 from datetime import datetime
 
@@ -39,6 +43,26 @@ class PlanRow(Base):
     )
 
 
+class AccountRow(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
+    # The account's own limits, in place of its plan's (plans/plan.py, Plan.with_account_limits):
+    # of every route, in `limits` syntax, and per route template. None: the plan's.
+    limits: Mapped[str | None] = mapped_column(String(255))
+    route_limits: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # Set: every key of the account is refused with 403 and this reason, none revoked.
+    blocked_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+    plan: Mapped[PlanRow] = relationship(lazy="joined")
+
+
 class ApiKeyRow(Base):
     __tablename__ = "api_keys"
 
@@ -47,10 +71,11 @@ class ApiKeyRow(Base):
     public_id: Mapped[str] = mapped_column(String(16), unique=True)
     # SHA-256 of the whole key: the key itself is never stored.
     secret_hash: Mapped[str] = mapped_column(String(64))
-    plan_id: Mapped[int] = mapped_column(ForeignKey("plans.id"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    # Who or what holds the key inside its account (a person, a service): a label.
     owner: Mapped[str] = mapped_column(String(200))
-    # This key's own limits, in place of its plan's (plans/plan.py, Plan.with_key_limits):
-    # of every route, in `limits` syntax, and per route template. None: the plan's.
+    # This key's own limits, counted for this key alone on top of its account's (plans/plan.py,
+    # Plan.with_key_limits): of every route, and per route template. None: none of its own.
     limits: Mapped[str | None] = mapped_column(String(255))
     route_limits: Mapped[dict[str, str] | None] = mapped_column(JSON)
     # Set: the key is refused with 403 and this reason, without being revoked.
@@ -58,4 +83,5 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    plan: Mapped[PlanRow] = relationship(lazy="joined")
+    # Joined: one query finds a key, its account and the account's plan (plans/cache.py).
+    account: Mapped[AccountRow] = relationship(lazy="joined")

@@ -1,4 +1,4 @@
-"""Queries on plans and API keys. The request path reaches them only through cache.py."""
+"""Queries on plans, accounts and API keys. The request path reaches them only through cache.py."""
 
 import unicodedata
 from datetime import UTC, datetime
@@ -7,7 +7,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .keys import generate_key, hash_key
-from .models import ApiKeyRow, PlanRow
+from .models import AccountRow, ApiKeyRow, PlanRow
 from .plan import ANONYMOUS, Plan, check_priority, parse_limits, parse_route_limits
 
 
@@ -22,11 +22,18 @@ def to_plan(row: PlanRow) -> Plan:
 
 
 def key_plan(row: ApiKeyRow, plan: Plan) -> Plan:
-    """`plan` as the key of `row` gets it: with the key's own limits, if it has any."""
-    if row.limits is None and not row.route_limits:
-        return plan
-    limits = parse_limits(row.limits) if row.limits is not None else None
-    return plan.with_key_limits(row.public_id, limits, parse_route_limits(row.route_limits or {}))
+    """`plan` as the key of `row` gets it: with its account's own limits in place of the plan's,
+    and the key's own on top, where they have any. ValueError for limits that cannot be read."""
+    account = row.account
+    if account.limits is not None or account.route_limits:
+        limits = parse_limits(account.limits) if account.limits is not None else None
+        routes = parse_route_limits(account.route_limits or {})
+        plan = plan.with_account_limits(account.id, limits, routes)
+    if row.limits is not None or row.route_limits:
+        limits = parse_limits(row.limits) if row.limits is not None else None
+        routes = parse_route_limits(row.route_limits or {})
+        plan = plan.with_key_limits(row.public_id, limits, routes)
+    return plan
 
 
 def printable(value: str, what: str) -> str:
@@ -126,28 +133,144 @@ async def update_plan(
     return row
 
 
-async def create_key(session: AsyncSession, plan_name: str, owner: str) -> tuple[str, ApiKeyRow]:
-    """A new key for `owner` on `plan_name`. The key is returned once and never stored."""
+def _account_name(name: str) -> str:
+    """An account's name: 1 to 200 printable characters, not blank."""
+    if not name.strip() or len(name) > 200:
+        raise ValueError("an account's name must be 1 to 200 characters, not blank")
+    return printable(name, "an account's name")
+
+
+def _reason(reason: str) -> str:
+    """A block's reason, as stored: it is shown to the client."""
+    reason = reason.strip()
+    if not reason or len(reason) > 200:
+        raise ValueError("the reason for a block is shown to the client: 1 to 200 characters")
+    return printable(reason, "the reason for a block")
+
+
+async def _subscribable_plan(session: AsyncSession, plan_name: str) -> PlanRow:
+    """The plan of this name, refused where its keys could not be served."""
     if plan_name == ANONYMOUS:
-        raise ValueError("keys cannot be issued on the anonymous plan")
+        raise ValueError("accounts cannot be on the anonymous plan")
     plan = await get_plan(session, plan_name)
     if not plan.is_active:
         raise ValueError(
             f"plan {plan_name!r} is inactive: its keys would be refused (403); "
             f"activate it first (plans update {plan_name} --activate)"
         )
+    return plan
+
+
+async def find_account(session: AsyncSession, name: str) -> AccountRow | None:
+    return await session.scalar(select(AccountRow).where(AccountRow.name == name))
+
+
+async def get_account(session: AsyncSession, name: str) -> AccountRow:
+    row = await find_account(session, name)
+    if row is None:
+        raise NotFound(f"no account named {name!r}")
+    return row
+
+
+async def list_accounts(session: AsyncSession, plan_name: str | None = None) -> list[AccountRow]:
+    query = select(AccountRow).order_by(AccountRow.name)
+    if plan_name is not None:
+        query = query.join(AccountRow.plan).where(PlanRow.name == plan_name)
+    return list(await session.scalars(query))
+
+
+async def create_account(
+    session: AsyncSession,
+    name: str,
+    plan_name: str,
+    limits: str | None = None,
+    route_limits: dict[str, str] | None = None,
+) -> AccountRow:
+    """A new account subscribed to `plan_name`, optionally with limits of its own in place of
+    the plan's."""
+    _account_name(name)
+    if limits is not None:
+        parse_limits(limits)
+    parse_route_limits(route_limits or {})
+    plan = await _subscribable_plan(session, plan_name)
+    if await find_account(session, name) is not None:
+        raise ValueError(f"an account named {name!r} already exists")
+    row = AccountRow(name=name, plan=plan, limits=limits, route_limits=route_limits or None)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def update_account(
+    session: AsyncSession,
+    name: str,
+    plan_name: str | None = None,
+    limits: str | None = None,
+    route_limits: dict[str, str] | None = None,
+    clear_limits: bool = False,
+    blocked_reason: str | None = None,
+    unblock: bool = False,
+    new_name: str | None = None,
+) -> AccountRow:
+    """Move an account to another plan, give it its own limits (or clear them), block, unblock
+    or rename it. Every instance applies it within PLAN_CACHE_TTL_SECONDS; the account's
+    budget (its counters) goes on."""
+    row = await get_account(session, name)
+    if plan_name is not None:
+        row.plan = await _subscribable_plan(session, plan_name)
+    if clear_limits:
+        row.limits, row.route_limits = None, None
+    if limits is not None:
+        parse_limits(limits)
+        row.limits = limits
+    if route_limits is not None:
+        parse_route_limits(route_limits)
+        row.route_limits = route_limits or None
+    if unblock:
+        row.blocked_reason = None
+    if blocked_reason is not None:
+        row.blocked_reason = _reason(blocked_reason)
+    if new_name is not None and new_name != name:
+        _account_name(new_name)
+        if await find_account(session, new_name) is not None:
+            raise ValueError(f"an account named {new_name!r} already exists")
+        row.name = new_name
+    await session.flush()
+    return row
+
+
+async def create_key(
+    session: AsyncSession, account_name: str, owner: str | None = None
+) -> tuple[str, ApiKeyRow]:
+    """A new key of `account_name`, held by `owner` (a person or a service; the account's name
+    by default). The key is returned once and never stored."""
+    account = await get_account(session, account_name)
+    if not account.plan.is_active:
+        raise ValueError(
+            f"plan {account.plan.name!r} is inactive: its keys would be refused (403); "
+            f"activate it first (plans update {account.plan.name} --activate)"
+        )
+    owner = account.name if owner is None else owner
+    if not owner.strip() or len(owner) > 200:
+        raise ValueError("the owner must be 1 to 200 characters, not blank")
     printable(owner, "the owner")
     key, public_id = generate_key()
-    row = ApiKeyRow(public_id=public_id, secret_hash=hash_key(key), plan=plan, owner=owner)
+    row = ApiKeyRow(public_id=public_id, secret_hash=hash_key(key), account=account, owner=owner)
     session.add(row)
     await session.flush()
     return key, row
 
 
-async def list_keys(session: AsyncSession, plan_name: str | None = None) -> list[ApiKeyRow]:
+async def list_keys(
+    session: AsyncSession, plan_name: str | None = None, account_name: str | None = None
+) -> list[ApiKeyRow]:
     query = select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+    if plan_name is not None or account_name is not None:
+        query = query.join(ApiKeyRow.account)
     if plan_name is not None:
-        query = query.join(ApiKeyRow.plan).where(PlanRow.name == plan_name)
+        query = query.join(AccountRow.plan).where(PlanRow.name == plan_name)
+    if account_name is not None:
+        query = query.where(AccountRow.name == account_name)
     return list(await session.scalars(query))
 
 
@@ -170,7 +293,8 @@ async def update_key(
     blocked_reason: str | None = None,
     unblock: bool = False,
 ) -> ApiKeyRow:
-    """Give a key its own limits (of every route, or per route), clear them, block or unblock it.
+    """Give a key its own limits (of every route, or per route; counted for the key alone, on top
+    of its account's), clear them, block or unblock it.
     Takes effect on every instance within PLAN_CACHE_TTL_SECONDS."""
     row = await find_key(session, public_id)
     if row is None:
@@ -186,20 +310,19 @@ async def update_key(
     if unblock:
         row.blocked_reason = None
     if blocked_reason is not None:
-        reason = blocked_reason.strip()
-        if not reason or len(reason) > 200:
-            raise ValueError("the reason for a block is shown to the client: 1 to 200 characters")
-        printable(reason, "the reason for a block")
-        row.blocked_reason = reason
+        row.blocked_reason = _reason(blocked_reason)
     await session.flush()
     return row
 
 
-async def revoke_keys_of(session: AsyncSession, owner: str) -> int:
-    """Revoke every live key of `owner`; how many there were."""
+async def revoke_keys_of(session: AsyncSession, account_name: str) -> int:
+    """Revoke every live key of the account `account_name`; how many there were."""
+    account = await find_account(session, account_name)
+    if account is None:
+        return 0
     result = await session.execute(
         update(ApiKeyRow)
-        .where(ApiKeyRow.owner == owner, ApiKeyRow.revoked_at.is_(None))
+        .where(ApiKeyRow.account_id == account.id, ApiKeyRow.revoked_at.is_(None))
         .values(revoked_at=datetime.now(UTC))
     )
     revoked: int = result.rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult

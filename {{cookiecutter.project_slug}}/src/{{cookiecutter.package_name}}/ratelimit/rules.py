@@ -188,6 +188,9 @@ class RouteLimits:
         # beside it, and enforcing later goes on from the same counts.
         for items, base, kind, is_shadow_limit in (
             (plan.limits_for(route), plan.name, "plan", shadow),
+            # A key's own limits, on top of its account's: the same subject (the account, one
+            # Redis hash slot), a counter of the key's own.
+            (plan.key_limits_for(route), "key", f"key:{plan.key_id}", shadow),
             (plan.shadow_limits, f"{plan.name}-shadow", "plan-shadow", True),
         ):
             names = _policy_names([base] * len(items), items)
