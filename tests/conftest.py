@@ -1,5 +1,6 @@
 """Shared helpers for baking the template and checking what it produced."""
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -49,14 +50,36 @@ def bake_ok(cookies, answers: dict[str, str]) -> Path:
 def run(
     command: list[str], cwd: Path, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess:
+    # Not this run's pytest-xdist worker id: a baked suite started from a worker would name its
+    # databases and keys after it, and its own workers set their own.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
     return subprocess.run(
         command,
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **env},
+        env={**inherited, **env},
     )
+
+
+# pytest-xdist (--dist loadgroup) hands work out in collection order, a group as one unit: the
+# longest first, so that no worker starts a ten-minute test while the other runs out of work.
+LONGEST_FIRST = (
+    "test_baked_suite.py",
+    "test_e2e.py",
+    "test_image.py",
+    "::test_mypy_strict",
+    "test_first_run.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        found = (i for i, part in enumerate(LONGEST_FIRST) if part in item.nodeid)
+        return next(found, len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -87,7 +110,8 @@ def build_service_venv(version: str, bake_dir: Path) -> Path:
     """A virtualenv of Python `version` with the baked service's dependencies.
 
     Kept across runs under ~/.cache, keyed by the lock and the interpreter, because installing
-    them is the slow part; each baked project is then installed into it with --no-deps. pip
+    them is the slow part; it never holds a baked project (`project_venv` installs each one in a
+    venv of its own on top). pip
     installs constraints.txt (uv.lock's export, kept equal by test_bake), so the install works
     from pip's cache and this machine's package mirror, which uv does not read.
     """
@@ -97,9 +121,18 @@ def build_service_venv(version: str, bake_dir: Path) -> Path:
         (SERVICE_TEMPLATE / "uv.lock").read_bytes()
         + (SERVICE_TEMPLATE / "constraints.txt").read_bytes()
         + interpreter.stdout.strip().encode()
+        + b"read-only"  # venvs of older runs had baked projects installed in them
     ).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     path = cache / "ratelimit-template" / f"service-venv-{digest}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: pytest-xdist workers (and other runs on this machine) share the cache.
+    with open(path.parent / f"{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(path, python, bake_dir)
+
+
+def _build_locked(path: Path, python: str, bake_dir: Path) -> Path:
     marker = path / ".complete"
     if marker.exists():
         return path
@@ -136,3 +169,35 @@ def service_venvs(tmp_path_factory) -> Callable[[str], Path]:
 def service_venv(service_venvs) -> Path:
     """The service virtualenv of this interpreter's Python, shared by every baked suite."""
     return service_venvs(THIS_PYTHON)
+
+
+def project_venv(service_venv: Path, project: Path, dest: Path) -> Path:
+    """A virtualenv of its own at `dest` with `project` installed (editable), on top of the
+    cached `service_venv`'s dependencies.
+
+    The cached venv itself stays read-only: tests running at the same time (pytest-xdist workers,
+    another run on this machine) each install their own bake of a same-named package, and an
+    editable install in a shared venv would point one test at another test's folder, which
+    pytest-cookies deletes. A `.pth` file adds the cached site-packages; its console scripts are
+    copied with this venv's interpreter in their first line.
+    """
+    base_python = service_venv / "bin" / "python"
+    made = run([str(base_python), "-m", "venv", "--without-pip", str(dest)], cwd=project)
+    assert made.returncode == 0, made.stdout + made.stderr
+    (base_site,) = (service_venv / "lib").glob("python3.*/site-packages")
+    (site,) = (dest / "lib").glob("python3.*/site-packages")
+    adds = f"import site; site.addsitedir({str(base_site)!r})\n"
+    (site / "_service_dependencies.pth").write_text(adds)
+    shebang = f"#!{service_venv / 'bin' / 'python'}".encode()  # python3.X after it
+    for script in (service_venv / "bin").iterdir():
+        target = dest / "bin" / script.name
+        if target.exists() or not script.is_file():
+            continue
+        first, newline, rest = script.read_bytes().partition(b"\n")
+        if first.startswith(shebang) and newline:
+            target.write_bytes(f"#!{dest / 'bin' / 'python'}\n".encode() + rest)
+            target.chmod(0o755)
+    python = str(dest / "bin" / "python")
+    done = run([python, "-m", "pip", "install", "-q", "--no-deps", "-e", "."], cwd=project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dest

@@ -23,8 +23,11 @@ import httpx
 import pytest
 
 from . import nginx
-from .conftest import TEMPLATE, run
+from .conftest import TEMPLATE, project_venv, run
 from .stack import Prometheus, Stack, ThrowawayRedis, client, free_port
+
+# One worker runs them all (pytest-xdist --dist loadgroup): they share the module's stack.
+pytestmark = pytest.mark.xdist_group("e2e")
 
 NGINX_GUARD = {
     "NGINX_RATE_PER_IP": "20r/s",
@@ -40,15 +43,17 @@ PLANS = {
 
 
 @pytest.fixture(scope="module")
-def project(service_venv, tmp_path_factory) -> Path:
+def project(tmp_path_factory) -> Path:
     from cookiecutter.main import cookiecutter
 
     bake_dir = tmp_path_factory.mktemp("e2e-bake")
-    project = Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(bake_dir)))
-    pip = str(service_venv / "bin" / "pip")
-    installed = run([pip, "install", "-q", "--no-deps", "-e", "."], cwd=project)
-    assert installed.returncode == 0, installed.stderr
-    return project
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(bake_dir)))
+
+
+@pytest.fixture(scope="module")
+def venv(project, service_venv, tmp_path_factory) -> Path:
+    """The e2e bake installed in a venv of its own (on the cached dependencies)."""
+    return project_venv(service_venv, project, tmp_path_factory.mktemp("e2e-venv") / "venv")
 
 
 @contextmanager
@@ -68,8 +73,8 @@ def running_stack(
 
 
 @pytest.fixture(scope="module")
-def stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
-    with running_stack(project, service_venv, tmp_path_factory.mktemp("e2e")) as stack:
+def stack(project, venv, tmp_path_factory) -> Iterator[Stack]:
+    with running_stack(project, venv, tmp_path_factory.mktemp("e2e")) as stack:
         yield stack
 
 
@@ -409,11 +414,11 @@ def test_a_shadow_limit_through_nginx_refuses_nothing_and_is_counted_once(stack)
 
 
 @pytest.fixture(scope="module")
-def slow_stack(project, service_venv, tmp_path_factory) -> Iterator[Stack]:
+def slow_stack(project, venv, tmp_path_factory) -> Iterator[Stack]:
     """The stack serving the baked tests' slow app: the service plus /slow, which allows two
     requests of one caller in flight (@limiter.concurrency(2))."""
     workdir = tmp_path_factory.mktemp("e2e-slow")
-    with running_stack(project, service_venv, workdir, app="tests.slow_app:app") as stack:
+    with running_stack(project, venv, workdir, app="tests.slow_app:app") as stack:
         yield stack
 
 
@@ -447,12 +452,12 @@ def test_locust_run_through_nginx_says_the_limits_held(stack, tmp_path):
     assert len(re.findall(r"^pro:[\w-]+ +/v1/items +pro +40/60s", result.stdout, re.M)) == 1
 
 
-def test_locust_verdict_fails_when_instances_count_separately(project, service_venv, tmp_path):
+def test_locust_verdict_fails_when_instances_count_separately(project, venv, tmp_path):
     # Misconfigured on purpose: no REDIS_URL, so each instance keeps its own in-memory counts
     # and two instances grant twice the budget. The verdict must catch it.
     workdir = tmp_path / "stack"
     workdir.mkdir()
-    with running_stack(project, service_venv, workdir, REDIS_URL="") as broken:
+    with running_stack(project, venv, workdir, REDIS_URL="") as broken:
         result = run_locust(broken, tmp_path / "report")
     print(result.stdout[-4000:])
     assert result.returncode != 0
@@ -461,9 +466,7 @@ def test_locust_verdict_fails_when_instances_count_separately(project, service_v
     assert 'class="overshoot"' in picture and "OVERSHOOT" in picture
 
 
-def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(
-    project, service_venv, tmp_path
-):
+def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(project, venv, tmp_path):
     # A Redis of the test's own, that keeps its data across the restart (as a production one
     # with persistence would); the instances retry it quickly after the failure.
     server = ThrowawayRedis(tmp_path / "redis")
@@ -473,7 +476,7 @@ def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(
     try:
         with running_stack(
             project,
-            service_venv,
+            venv,
             workdir,
             REDIS_URL=server.url,
             RATELIMIT_OUTAGE_POLICY="fail-open",
@@ -559,7 +562,7 @@ NO_EVENT_YET = ("load_shed_total", "plan_config_errors_total", "plan_inactive_to
 
 
 def test_prometheus_sees_the_429_share_and_the_storage_alert_fire_and_resolve(
-    project, service_venv, tmp_path
+    project, venv, tmp_path
 ):
     if shutil.which("prometheus") is None:
         pytest.fail("prometheus is not installed: `apt-get install prometheus`", pytrace=False)
@@ -570,7 +573,7 @@ def test_prometheus_sees_the_429_share_and_the_storage_alert_fire_and_resolve(
     try:
         with running_stack(
             project,
-            service_venv,
+            venv,
             workdir,
             REDIS_URL=redis_server.url,
             RATELIMIT_OUTAGE_POLICY="fail-open",

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import ANSWER_SETS, SERVICE_TEMPLATE, bake_ok, run
+from .conftest import ANSWER_SETS, SERVICE_TEMPLATE, bake_ok, project_venv
 from .stack import ADMIN_DATABASE_URL, REDIS_URL, forget, free_port, psql
 
 ROUTE = "/v1/items"
@@ -41,9 +41,10 @@ def scrubbed_env(**settings: str) -> dict[str, str]:
     return {**inherited, **settings}
 
 
-def install(venv: Path, project: Path) -> None:
-    done = run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "-e", "."], cwd=project)
-    assert done.returncode == 0, done.stdout + done.stderr
+def install(service_venv: Path, project: Path) -> Path:
+    """`project` installed in a venv of its own beside its folder, as its README's
+    `pip install -e .` would; the venv's path."""
+    return project_venv(service_venv, project, project.parent / "venv")
 
 
 def console(venv: Path, project: Path, env: dict[str, str], *args: str) -> str:
@@ -140,8 +141,7 @@ def own_database_and_prefix() -> Iterator[tuple[str, str]]:
 def test_each_answer_set_starts_as_its_readme_says(cookies, service_venvs, tmp_path, answer_set):
     answers = ANSWER_SETS[answer_set]
     project = bake_ok(cookies, answers)
-    venv = service_venvs(answers.get("python_version", "3.11"))
-    install(venv, project)
+    venv = install(service_venvs(answers.get("python_version", "3.11")), project)
     plan = paid_plan(answers)
 
     with own_database_and_prefix() as (database_url, prefix):
@@ -225,10 +225,10 @@ def test_dev_command_serves_without_redis_or_postgres_and_reuses_its_key(
     cookies, service_venv, tmp_path
 ):
     project = bake_ok(cookies, ANSWER_SETS["defaults"])
-    install(service_venv, project)
+    venv = install(service_venv, project)
 
-    first = dev_run(service_venv, project, tmp_path / "first.log")
-    second = dev_run(service_venv, project, tmp_path / "second.log")
+    first = dev_run(venv, project, tmp_path / "first.log")
+    second = dev_run(venv, project, tmp_path / "second.log")
 
     for done in (first, second):
         plain, loop, keyed = done.answers["plain"], done.answers["loop"], done.answers["key"]
@@ -251,7 +251,7 @@ def test_dev_command_serves_without_redis_or_postgres_and_reuses_its_key(
     assert list(project.glob("*.sqlite3")), "plans and keys live in an SQLite file in the folder"
 
     # A revoked demo key is replaced by the next run.
-    console(service_venv, project, scrubbed_env(), "keys", "revoke", first.key.split("_")[1])
-    third = dev_run(service_venv, project, tmp_path / "third.log")
+    console(venv, project, scrubbed_env(), "keys", "revoke", first.key.split("_")[1])
+    third = dev_run(venv, project, tmp_path / "third.log")
     assert not third.reused_keys and third.key != first.key
     assert third.answers["key"].startswith("HTTP/1.1 200"), third.answers["key"]

@@ -21,6 +21,10 @@ from . import nginx, podman
 from .conftest import TEMPLATE
 from .stack import forget, free_port, psql, stop_processes
 
+# One worker runs them all (pytest-xdist --dist loadgroup): they share the module's image and
+# containers.
+pytestmark = pytest.mark.xdist_group("image")
+
 RUN_ID = uuid.uuid4().hex[:10]
 TAG = f"localhost/ratelimit-image-test:{RUN_ID}"
 # A guard far above what these tests send from one address: only the plans refuse.
