@@ -9,7 +9,7 @@ none of them.
                  body caps
 """
 
-# Paths never attributed to a caller (ratelimit/middleware.py lets them through unresolved):
+# Paths never attributed to a caller (ratelimit/http/middleware.py lets them through unresolved):
 # the probes and the metrics scrape. Their routes are @limiter.exempt; nginx serves only
 # /health/live to the public, behind a probe guard, and neither /health/ready nor /metrics.
 HEALTH_PREFIX = "/health/"

@@ -16,15 +16,14 @@ from ..observability.logs import RefusalLog
 from ..plans.caller import CallerResolver
 from ..plans.plan import parse_limits
 from ..settings import Settings
-from .counting import Counter
-from .failover import Failover
-from .limiter import limiter
-from .memory_counters import memory_counter
-from .middleware import CallerMiddleware, Identification
-from .openapi import install_openapi
-from .redis_counter import RedisCounter
-from .responses import refusals
-from .route import (
+from .counters.failover import Failover
+from .counters.memory_counters import memory_counter
+from .counters.redis_counter import RedisCounter
+from .counters.storage import LimitStorage, eviction_checked, open_limit_storage
+from .http.middleware import CallerMiddleware, Identification
+from .http.openapi import install_openapi
+from .http.responses import refusals
+from .http.route import (
     RateLimitCheck,
     RateLimitedRoute,
     UnlimitedRoute,
@@ -32,9 +31,10 @@ from .route import (
     check_routes,
     documentation_paths,
 )
-from .rules import standalone_limits
-from .shedding import LoadShedder
-from .storage import LimitStorage, eviction_checked, open_limit_storage
+from .http.shedding import LoadShedder
+from .rules.applied import standalone_limits
+from .rules.counting import Counter
+from .rules.limiter import limiter
 
 logger = logging.getLogger(__name__)
 

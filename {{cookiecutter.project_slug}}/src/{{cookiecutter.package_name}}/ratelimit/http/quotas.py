@@ -5,11 +5,11 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.requests import Request
 
-from ..plans.plan import Plan
-from .counting import Decision
-from .limiter import CALLER_STATE_KEY, limiter
+from ...plans.plan import Plan
+from ..rules.applied import LimitSet, RouteLimits, is_exempt
+from ..rules.counting import Decision
+from ..rules.limiter import CALLER_STATE_KEY, limiter
 from .route import UNMATCHED, RateLimitCheck, RateLimitedRoute
-from .rules import LimitSet, RouteLimits, is_exempt
 
 
 def _plan_limits_only() -> None:

@@ -12,9 +12,9 @@ from importlib.resources import files
 
 from redis.exceptions import RedisError
 
-from ..settings import Strategy
-from .counting import Held, LimitResult, Slots
-from .rules import AppliedLimit, LimitSet
+from ...settings import Strategy
+from ..rules.applied import AppliedLimit, LimitSet
+from ..rules.counting import Held, LimitResult, Slots
 from .storage import RedisClient, ScriptExpired, ScriptRunner
 
 CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()

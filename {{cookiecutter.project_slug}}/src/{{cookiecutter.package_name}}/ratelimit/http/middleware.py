@@ -24,16 +24,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from ..observability import HEALTH_PREFIX, METRICS_PATH
-from ..observability.logs import RefusalLog, hashed, request_id_var
-from ..observability.metrics import RATELIMIT_DECISIONS, child
-from ..observability.middleware import (
+from ...observability import HEALTH_PREFIX, METRICS_PATH
+from ...observability.logs import RefusalLog, hashed, request_id_var
+from ...observability.metrics import RATELIMIT_DECISIONS, child
+from ...observability.middleware import (
     PLAN_STATE_KEY,
     QUIET_STATE_KEY,
     RESPONSE_HEADERS_STATE_KEY,
 )
-from ..outages import Unavailable
-from ..plans.caller import (
+from ...outages import Unavailable
+from ...plans.caller import (
     BlockedKey,
     Caller,
     CallerResolver,
@@ -42,11 +42,12 @@ from ..plans.caller import (
     UnusableClientAddress,
     read_api_key,
 )
-from ..plans.plan import ANONYMOUS
-from ..problems import unavailable
-from .counting import Decision
-from .failover import Failover
-from .limiter import CALLER_STATE_KEY
+from ...plans.plan import ANONYMOUS
+from ...problems import unavailable
+from ..counters.failover import Failover
+from ..rules.applied import LimitSet
+from ..rules.counting import Decision
+from ..rules.limiter import CALLER_STATE_KEY
 from .responses import (
     QuotaHeaders,
     bad_request,
@@ -54,7 +55,6 @@ from .responses import (
     too_many_requests,
     unauthorized,
 )
-from .rules import LimitSet
 from .shedding import LoadShedder
 
 # The route label of failed authentications in metrics and logs.

@@ -3,9 +3,10 @@ rules that keep every other way into the app from escaping it.
 
 The check runs after routing, so it knows the matched route however it was mounted, and its
 template (`/v1/items/{item_id}`), and a refused request never reaches the endpoint or the
-parsing of its body. It moves one way: the limits (rules.py), one count (failover.py, then
-counting.py), the record (metrics, the refusal log), the answer (responses.py). A refusal is a
-response returned, not an exception: the 429 path stays as cheap as the 200 path.
+parsing of its body. It moves one way: the limits (rules/applied.py), one count
+(counters/failover.py, whose Decision is rules/counting.py's), the record (metrics, the refusal
+log), the answer (responses.py). A refusal is a response returned, not an exception: the 429
+path stays as cheap as the 200 path.
 
 Every router of the service is created with `route_class=RateLimitedRoute` (FastAPI's own hook
 for wrapping a route's handler), and the app refuses to start (check_routes, run by the
@@ -40,17 +41,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..observability.logs import RefusalLog, hashed, request_id_var
-from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
-from ..observability.middleware import QUIET_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
-from ..outages import Unavailable
-from ..problems import unavailable
-from .counting import Decision, Slots
-from .failover import Failover
-from .limiter import CALLER_STATE_KEY, limiter
+from ...observability.logs import RefusalLog, hashed, request_id_var
+from ...observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
+from ...observability.middleware import QUIET_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
+from ...outages import Unavailable
+from ...problems import unavailable
+from ..counters.failover import Failover
+from ..rules.applied import LimitSet, RouteLimits, is_exempt
+from ..rules.counting import Decision, Slots
+from ..rules.limiter import CALLER_STATE_KEY, limiter
 from .middleware import Identification
 from .responses import CONCURRENCY_LOG_WINDOW, QuotaHeaders, too_many_requests
-from .rules import LimitSet, RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 

@@ -24,9 +24,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from ..observability.metrics import EVENT_LOOP_LAG, LOAD_SHED, child
-from ..problems import ProblemResponse, unavailable
-from ..settings import Settings
+from ...observability.metrics import EVENT_LOOP_LAG, LOAD_SHED, child
+from ...problems import ProblemResponse, unavailable
+from ...settings import Settings
 from .responses import refusals
 
 # How often the probe measures: one timer a tenth of a second costs nothing, and a lag is

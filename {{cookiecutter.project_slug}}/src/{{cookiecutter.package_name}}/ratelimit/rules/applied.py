@@ -6,7 +6,7 @@ URL), except `shared_limit`s, which are counted per caller across every route sh
 A limit is enforced or shadow: a shadow limit (declared `shadow=True`, a plan's
 `shadow_limits`, or every limit under RATELIMIT_MODE=shadow) is counted exactly as if it were
 enforced (declared and plan ones under counters of their own), but never refuses: its would-be
-refusals are logged and counted (route.py), and it is left out of the quota headers, which
+refusals are logged and counted (http/route.py), and it is left out of the quota headers, which
 describe only what can refuse. A concurrency limit (`@limiter.concurrency(N)`) counts requests
 in flight instead of requests in a window.
 
@@ -27,8 +27,8 @@ from slowapi import Limiter
 from slowapi.wrappers import Limit
 from starlette.requests import Request
 
-from ..plans.grammar import bounds_problem, check_cost
-from ..plans.plan import Plan
+from ...plans.grammar import bounds_problem, check_cost
+from ...plans.plan import Plan
 from .limiter import DeclarationsLimiter, caller_key, endpoint_name, is_shadow
 
 

@@ -22,12 +22,12 @@ import time
 
 from redis.exceptions import RedisError
 
-from ..observability.metrics import RATELIMIT_STORAGE_UP
-from ..outages import Outage, Unavailable
-from ..settings import OutagePolicy
-from .counting import Counter, Decision, LimitResult, Slots
+from ...observability.metrics import RATELIMIT_STORAGE_UP
+from ...outages import Outage, Unavailable
+from ...settings import OutagePolicy
+from ..rules.applied import AppliedLimit, LimitSet
+from ..rules.counting import Counter, Decision, LimitResult, Slots
 from .redis_counter import RedisCounter
-from .rules import AppliedLimit, LimitSet
 from .storage import error_kind
 
 logger = logging.getLogger(__name__)

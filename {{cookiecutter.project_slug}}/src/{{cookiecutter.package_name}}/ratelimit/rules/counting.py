@@ -1,19 +1,21 @@
 """What a count decided, and what every counter does: the results of one request's limits, the
-concurrency slots it holds, and the Counter protocol that redis_counter.py (check.lua, one
-script call per request) and memory_counters.py (this process's memory) implement.
+concurrency slots it holds, and the Counter protocol that the counters implement:
+counters/redis_counter.py (check.lua, one script call per request) and
+counters/memory_counters.py (this process's memory).
 
 Why our own Redis script rather than `limits.aio`'s strategies: those take one round trip to
 count a hit and another for the numbers the headers need, per limit, and charge a request's
 limits one by one. check.lua decides every limit of a request, and returns what the headers
 need, in one atomic call on the Redis clock. `limits` still parses the limit strings, and
 counts in memory where there is no Redis (the embedded default, and the fail-open fallback),
-except for GCRA, which it lacks. The Redis connection and how calls travel are storage.py's.
+except for GCRA, which it lacks. The Redis connection and how calls travel are
+counters/storage.py's.
 """
 
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .rules import AppliedLimit, LimitSet
+from .applied import AppliedLimit, LimitSet
 
 
 @dataclass(frozen=True, slots=True)

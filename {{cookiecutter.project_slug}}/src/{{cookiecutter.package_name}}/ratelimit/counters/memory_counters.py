@@ -12,9 +12,9 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
-from ..settings import STRATEGIES, Strategy
-from .counting import Held, LimitResult, Slots
-from .rules import AppliedLimit, LimitSet
+from ...settings import STRATEGIES, Strategy
+from ..rules.applied import AppliedLimit, LimitSet
+from ..rules.counting import Held, LimitResult, Slots
 
 # The `limits` strategy counting each algorithm in memory; GCRA is MemoryGcra, below.
 MEMORY_STRATEGIES: dict[Strategy, type[RateLimiter]] = {

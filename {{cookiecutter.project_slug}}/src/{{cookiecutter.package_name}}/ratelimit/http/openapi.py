@@ -25,12 +25,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from .. import problems
-from ..settings import Settings
-from .limiter import limiter
+from ... import problems
+from ...settings import Settings
+from ..rules.applied import is_exempt
+from ..rules.limiter import limiter
 from .middleware import reads_credentials
 from .route import RateLimitedRoute
-from .rules import is_exempt
 
 Document = dict[str, Any]
 
