@@ -1,5 +1,6 @@
-"""Logs, request ids and Prometheus metrics: a leaf every other part may call, which imports
-none of them.
+"""Logs, request ids and Prometheus metrics: a leaf every other part may call. It imports none
+of them but problems.py, a leaf below it (the problem+json bodies of the 413 and 431 its
+middleware answers).
 
 - logs.py        JSON log lines on stderr (python-json-logger), with the request id; the keyed
                  hash naming clients; the bounded refusal log (first refusal, then a summary)

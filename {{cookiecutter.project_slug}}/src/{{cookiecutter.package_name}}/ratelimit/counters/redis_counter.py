@@ -119,7 +119,7 @@ class RedisCounter:
             algorithm = self._strategy
         return self._prefix + ":{" + subject + "}:" + algorithm + ":" + limit.key_suffix
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
         if not self._refusing:  # nothing refused lately: spare building the keys twice
             return None
         keys = [self.key(identity, limit) for limit in limit_set.limits]

@@ -1,5 +1,5 @@
 """What a count decided, and what every counter does: the results of one request's limits, the
-concurrency slots it holds, and the Counter protocol that the counters implement:
+concurrency slots it holds, and the HitCounter protocol that the counters implement:
 counters/redis_counter.py (check.lua, one script call per request) and
 counters/memory_counters.py (this process's memory).
 
@@ -34,7 +34,7 @@ Held = tuple[tuple[str, str], ...]
 class Slots:
     """Concurrency slots an admitted request holds until its response is done."""
 
-    counter: "Counter"
+    counter: "HitCounter"
     held: Held
 
     async def release(self) -> None:
@@ -79,7 +79,7 @@ class Decision:
         object.__setattr__(self, "shadow_refusals", () if refused else shadow_refusals)
 
 
-class Counter(Protocol):
+class HitCounter(Protocol):
     async def evaluate(
         self, identity: str, limit_set: LimitSet
     ) -> tuple[tuple[LimitResult, ...], Slots | None]:
@@ -91,7 +91,7 @@ class Counter(Protocol):
         """Give back the concurrency slots of a request whose response is done."""
         ...
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
         """A refusal of this request known in this process, without asking the storage."""
         ...
 
