@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--package", default="rate_limited_service")
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    route_class = importlib.import_module(f"{args.package}.ratelimit.route").RateLimitedRoute
+    route_class = importlib.import_module(f"{args.package}.ratelimit").RateLimitedRoute
     overrides = route_class.matches is not APIRoute.matches
     apps = {
         "APIRoute": app_with(APIRoute),

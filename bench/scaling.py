@@ -122,7 +122,8 @@ def check(
 
 
 def algorithms(bench: Bench, client: redis.Redis) -> list[dict]:
-    script = (bench.project / "src" / bench.package / "ratelimit" / "check.lua").read_text()
+    counters = bench.project / "src" / bench.package / "ratelimit" / "counters"
+    script = (counters / "check.lua").read_text()
     sha = client.script_load(script)
     # As RedisCounter makes them: a process prefix and a sequence number.
     prefix = os.urandom(6).hex()

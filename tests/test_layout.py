@@ -34,6 +34,18 @@ FLOORS = {
     "plans.grammar": -1,
 }
 
+# Inside ratelimit, its three rooms and their wiring, on floors of their own: the rules (what
+# applies, what a count decided: pure) know nothing of how hits are counted, the counters
+# nothing of the HTTP edge, and none of them the wiring (service.py) or the package's face.
+RATELIMIT_FLOORS = {
+    "ratelimit.rules": 4.1,
+    "ratelimit.counters": 4.2,
+    "ratelimit.http": 4.3,
+    "ratelimit.service": 4.4,
+    "ratelimit": 4.5,  # ratelimit/__init__.py: what the rest of the service imports
+}
+FLOORS.update(RATELIMIT_FLOORS)
+
 
 def _part(module: tuple[str, ...]) -> str:
     if ".".join(module[:2]) in FLOORS:
@@ -85,13 +97,22 @@ def package_dir(tmp_path_factory) -> Path:
     return project / "src" / project.name.replace("-", "_")
 
 
-def test_every_part_of_the_package_has_a_floor(package_dir):
-    parts = {
+def _parts_in(folder: Path) -> set[str]:
+    return {
         path.stem if path.is_file() else path.name
-        for path in package_dir.iterdir()
+        for path in folder.iterdir()
         if (path.suffix == ".py" and path.stem != "__init__") or (path / "__init__.py").exists()
     }
-    assert parts == {part for part in FLOORS if "." not in part}
+
+
+def test_every_part_of_the_package_has_a_floor(package_dir):
+    assert _parts_in(package_dir) == {part for part in FLOORS if "." not in part}
+
+
+def test_the_limiter_is_three_rooms_and_their_wiring(package_dir):
+    # Every module of ratelimit/ lives in a room (or is the wiring): none left beside them.
+    rooms = {f"ratelimit.{part}" for part in _parts_in(package_dir / "ratelimit")}
+    assert rooms == set(RATELIMIT_FLOORS) - {"ratelimit"}
 
 
 def test_imports_run_one_way_between_the_parts_of_the_service(package_dir):
@@ -115,8 +136,14 @@ def test_the_import_scan_sees_an_import_running_back_up(package_dir, tmp_path):
         target.write_text(path.read_text())
     metrics = copy / "observability" / "metrics.py"
     metrics.write_text("from ..ratelimit import limiter\n" + metrics.read_text())
+    # And one inside the limiter: the rules reaching up into the HTTP edge.
+    applied = copy / "ratelimit" / "rules" / "applied.py"
+    applied.write_text("from ..http.route import RateLimitedRoute\n" + applied.read_text())
     found = imports_between_parts(copy)
     assert ("observability/metrics.py", "observability", "ratelimit") in found
+    assert ("ratelimit/rules/applied.py", "ratelimit.rules", "ratelimit.http") in found
+    upward = [(part, target) for _, part, target in found if FLOORS[target] >= FLOORS[part]]
+    assert ("ratelimit.rules", "ratelimit.http") in upward
 
 
 def strategies_in_settings(package_dir: Path) -> list[str]:
@@ -134,7 +161,7 @@ def test_the_strategy_list_is_the_same_everywhere(cookies, package_dir):
     asked = json.loads((TEMPLATE / "cookiecutter.json").read_text())["ratelimit_strategy"]
     hook = (TEMPLATE / "hooks" / "pre_gen_project.py").read_text()
     checked = re.search(r'"ratelimit_strategy": \(([^)]*)\)', hook)
-    lua = (package_dir / "ratelimit" / "check.lua").read_text()
+    lua = (package_dir / "ratelimit" / "counters" / "check.lua").read_text()
     assert checked, "the pre-generation hook no longer lists the strategies it accepts"
     assert asked == defined
     assert re.findall(r'"([a-z-]+)"', checked[1]) == defined

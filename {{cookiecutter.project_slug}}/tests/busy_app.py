@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute
+from {{ cookiecutter.package_name }}.ratelimit import RateLimitedRoute
 
 # CPU time each request holds the event loop for, as an endpoint that computes would.
 BUSY_SECONDS = 0.03

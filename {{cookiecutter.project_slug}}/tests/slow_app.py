@@ -8,8 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit import limiter
-from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute
+from {{ cookiecutter.package_name }}.ratelimit import RateLimitedRoute, limiter
 from {{ cookiecutter.package_name }}.settings import settings_or_exit
 
 # The most requests of one caller in flight on /slow and /slow-stream.

@@ -7,7 +7,7 @@ import redis
 from fastapi import APIRouter, Request
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute
+from {{ cookiecutter.package_name }}.ratelimit import RateLimitedRoute
 from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 from .conftest import running_client, set_plan

@@ -13,8 +13,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from {{ cookiecutter.package_name }}.main import create_app
-from {{ cookiecutter.package_name }}.ratelimit import limiter
-from {{ cookiecutter.package_name }}.ratelimit.route import exempt_app
+from {{ cookiecutter.package_name }}.ratelimit import exempt_app, limiter
 
 from .conftest import REDIS_URL, running_client
 

@@ -18,10 +18,10 @@ from limits.limits import GRANULARITIES
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.plans.grammar import MAX_COST, MAX_MULTIPLES
 from {{ cookiecutter.package_name }}.ratelimit import limiter
-from {{ cookiecutter.package_name }}.ratelimit.counting import Decision, LimitResult
-from {{ cookiecutter.package_name }}.ratelimit.responses import QuotaHeaders
-from {{ cookiecutter.package_name }}.ratelimit.route import RateLimitedRoute, documentation_paths
-from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit, standalone_limits
+from {{ cookiecutter.package_name }}.ratelimit.http.responses import QuotaHeaders
+from {{ cookiecutter.package_name }}.ratelimit.http.route import RateLimitedRoute, documentation_paths
+from {{ cookiecutter.package_name }}.ratelimit.rules.applied import AppliedLimit, standalone_limits
+from {{ cookiecutter.package_name }}.ratelimit.rules.counting import Decision, LimitResult
 from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 from .conftest import free_port, running_client, set_plan

@@ -12,7 +12,7 @@ import httpx
 from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.observability import metrics
 from {{ cookiecutter.package_name }}.observability.logs import JsonFormatter
-from {{ cookiecutter.package_name }}.observability.metrics import child
+from {{ cookiecutter.package_name }}.observability.metrics import labelled
 
 from .conftest import create_key, metric, running_client, set_plan, wait_for_line
 from .test_concurrency import app_with_slow_routes
@@ -219,12 +219,12 @@ def test_metrics_of_several_workers_are_added_up(start_uvicorn, database_url, ke
 
 def test_a_sync_endpoint_may_update_metrics_from_its_worker_thread():
     """prometheus-client's objects take a lock: updates from threads are never lost."""
-    counter = child(metrics.RATELIMIT_DECISIONS, "test-plan", "/threads", "allowed")
+    counter = labelled(metrics.RATELIMIT_DECISIONS, "test-plan", "/threads", "allowed")
     before = counter._value.get()
 
     def work() -> None:
         for _ in range(10_000):
-            child(metrics.RATELIMIT_DECISIONS, "test-plan", "/threads", "allowed").inc()
+            labelled(metrics.RATELIMIT_DECISIONS, "test-plan", "/threads", "allowed").inc()
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for thread in threads:

@@ -1,7 +1,7 @@
-"""The limiter's own Redis connection (ratelimit/resp.py) connects as redis-py would: with the
-URL's password or ACL user, to its database, over TCP, TLS or a Unix socket; a refused login or
-an untrusted certificate is an outage (the policy applies), never a 500. Each test runs a
-redis-server of its own."""
+"""The limiter's own Redis connection (ratelimit/counters/resp.py) connects as redis-py would:
+with the URL's password or ACL user, to its database, over TCP, TLS or a Unix socket; a refused
+login or an untrusted certificate is an outage (the policy applies), never a 500. Each test runs
+a redis-server of its own."""
 
 import asyncio
 import subprocess

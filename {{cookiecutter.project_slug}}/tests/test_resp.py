@@ -1,5 +1,5 @@
-"""The limiter's own Redis connection (ratelimit/resp.py), against a stand-in for Redis that
-answers slowly: a unit test of how replies are matched to calls, which a real Redis answers
+"""The limiter's own Redis connection (ratelimit/counters/resp.py), against a stand-in for Redis
+that answers slowly: a unit test of how replies are matched to calls, which a real Redis answers
 too fast to show. (test_outage.py and test_redis_connections.py run it against real Redis.)"""
 
 import asyncio
@@ -7,7 +7,7 @@ import asyncio
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from {{ cookiecutter.package_name }}.ratelimit.storage import ScriptRunner
+from {{ cookiecutter.package_name }}.ratelimit.counters.storage import ScriptRunner
 
 
 async def test_a_batch_cancelled_in_flight_leaves_the_others_to_run_once():

@@ -23,7 +23,7 @@ from alembic import command
 
 from {{ cookiecutter.package_name }} import migrations
 from {{ cookiecutter.package_name }}.migrations import alembic_config
-from {{ cookiecutter.package_name }}.ratelimit.shedding import LoadShedder
+from {{ cookiecutter.package_name }}.ratelimit.http.shedding import LoadShedder
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import (

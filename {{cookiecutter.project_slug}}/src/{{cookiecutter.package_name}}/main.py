@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
 
     # Middleware runs in the reverse order of addition: proxy headers, request context, CORS,
+    # then ServerErrors (the 500 with the request id, added by answer_errors_with_problems),
     # then the caller (added by ratelimit.install).
     if settings.cors_origins:
         app.add_middleware(

@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 
 # The JSON Schema of every problem body: RFC 9457's members, then the extension members this
-# service adds to some of them. Documented once, in the OpenAPI components (ratelimit/openapi.py).
+# service adds to some of them. Documented once, in the OpenAPI components
+# (ratelimit/http/openapi.py).
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["type", "title", "status", "detail", "instance"],

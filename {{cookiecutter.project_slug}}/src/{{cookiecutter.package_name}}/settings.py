@@ -19,8 +19,9 @@ from sqlalchemy.exc import ArgumentError
 
 from .plans.grammar import limit_problem
 
-# The limiting algorithms: the one list (ratelimit/memory_counters.py implements each, check.lua
-# has a branch for each, and the template's tests check its cookiecutter.json and hook agree).
+# The limiting algorithms: the one list (ratelimit/counters/memory_counters.py implements each,
+# check.lua has a branch for each, and the template's tests check its cookiecutter.json and hook
+# agree).
 Strategy = Literal["moving-window", "sliding-window-counter", "fixed-window", "gcra"]
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 OutagePolicy = Literal["fail-open", "fail-closed"]
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
     # throttled by the app itself, not only by the proxy's coarse guard.
     auth_failure_limit: Annotated[str, AfterValidator(_limit_string)] = "20/minute"
 
-    # Load shedding (ratelimit/shedding.py): event-loop lag, in milliseconds, at which an
+    # Load shedding (ratelimit/http/shedding.py): event-loop lag, in milliseconds, at which an
     # instance starts refusing the lowest plan priority with 503, so that the CPU it has left
     # goes to paying plans instead of timing out everyone. Priority p is shed from a lag of
     # this x (p + 1): anonymous (0) first, free (1) at twice the lag. 0 turns shedding off.
@@ -201,7 +202,8 @@ class Settings(BaseSettings):
         return value
 
 
-# What connect() in ratelimit/storage.py (the `limits` library's forms) and database.py accept.
+# What connect() in ratelimit/counters/storage.py (the `limits` library's forms) and database.py
+# accept.
 REDIS_URL_FORMS = (
     "redis://[:password@]host:port/db, rediss://... (TLS), unix:///path/to/redis.sock, "
     "redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/service"

@@ -5,9 +5,9 @@ import time
 
 from limits import parse
 
-from {{ cookiecutter.package_name }}.ratelimit.counting import Decision, LimitResult
-from {{ cookiecutter.package_name }}.ratelimit.redis_counter import script_args
-from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit, LimitSet
+from {{ cookiecutter.package_name }}.ratelimit.counters.redis_counter import script_args
+from {{ cookiecutter.package_name }}.ratelimit.rules.applied import AppliedLimit, LimitSet
+from {{ cookiecutter.package_name }}.ratelimit.rules.counting import Decision, LimitResult
 
 
 def limit(text: str, policy: str, **flags: bool) -> AppliedLimit:

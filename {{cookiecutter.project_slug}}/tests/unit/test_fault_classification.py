@@ -5,7 +5,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
-from {{ cookiecutter.package_name }}.ratelimit.storage import ScriptExpired, error_kind
+from {{ cookiecutter.package_name }}.ratelimit.counters.storage import ScriptExpired, error_kind
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ nothing. Pure: `pytest tests/unit` needs no service."""
 import pytest
 from limits import parse
 
-from {{ cookiecutter.package_name }}.ratelimit.memory_counters import memory_counter
-from {{ cookiecutter.package_name }}.ratelimit.rules import AppliedLimit, LimitSet
+from {{ cookiecutter.package_name }}.ratelimit.counters.memory_counters import memory_counter
+from {{ cookiecutter.package_name }}.ratelimit.rules.applied import AppliedLimit, LimitSet
 from {{ cookiecutter.package_name }}.settings import STRATEGIES
 
 

@@ -7,7 +7,7 @@ They are prometheus-client's own Counter, Histogram and Gauge: safe to update fr
 (a sync endpoint runs in a worker thread), and multiprocess-aware: with several uvicorn workers
 (`--workers N`), set PROMETHEUS_MULTIPROC_DIR to an empty directory of the container's own and
 /metrics adds up every worker's numbers (README, "Logs, metrics, request ids"). Each update
-takes prometheus-client's lock, a few microseconds a request in all (the README's benchmark).
+takes prometheus-client's lock; what that costs a request is in the README's benchmark.
 """
 
 from typing import TypeVar
@@ -87,6 +87,6 @@ LOAD_SHED = Counter(
 Metric = TypeVar("Metric", Counter, Gauge, Histogram)
 
 
-def child(metric: Metric, *labels: str) -> Metric:
-    """The label set `labels` of `metric`, created on first use: `child(REQUESTS, ...).inc()`."""
+def labelled(metric: Metric, *labels: str) -> Metric:
+    """The label set `labels` of `metric`, created on first use: `labelled(REQUESTS, ...).inc()`."""
     return metric.labels(*labels)

@@ -15,8 +15,8 @@ the route template, never the raw path, and the client by a keyed hash of its ad
 refusal already logged in its window has no access line: the refusal log's summary counts it.
 
 One middleware, one pass over the request headers, one wrapped `send`: each layer of ASGI
-middleware costs every request a few microseconds, which a rate limiter in front of cheap
-endpoints cannot spare (see bench/ in the template).
+middleware is paid by every request, which a rate limiter in front of cheap endpoints cannot
+spare (the README's Performance section).
 """
 
 import logging
@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..problems import problem
 from . import HEALTH_PREFIX
 from .logs import access, hashed, request_id_var
-from .metrics import REQUEST_DURATION, REQUESTS, child
+from .metrics import REQUEST_DURATION, REQUESTS, labelled
 
 _REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{8,128}")
 # The route label of requests for a path no route matches.
@@ -125,8 +125,8 @@ class RequestContextMiddleware:
             if route is None:
                 route = self._route_label(scope) if status != 404 else UNMATCHED
             method = scope["method"]
-            child(REQUESTS, method, route, str(status)).inc()
-            child(REQUEST_DURATION, method, route, f"{status // 100}xx").observe(duration)
+            labelled(REQUESTS, method, route, str(status)).inc()
+            labelled(REQUEST_DURATION, method, route, f"{status // 100}xx").observe(duration)
             if (
                 self.access_log
                 and access.isEnabledFor(logging.INFO)

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..observability.metrics import PLAN_CACHE, PLAN_ERRORS, PLAN_INACTIVE, child
+from ..observability.metrics import PLAN_CACHE, PLAN_ERRORS, PLAN_INACTIVE, labelled
 from ..outages import Outage, Unavailable
 from . import repository
 from .models import PlanRow
@@ -131,7 +131,7 @@ class PlanCache:
         if unknown is not None:
             now = time.monotonic()
             if now - unknown.fetched_at < self._ttl or self._outage.skips(now):
-                child(PLAN_CACHE, "hit").inc()
+                labelled(PLAN_CACHE, "hit").inc()
                 return None
         grant: KeyGrant | None = await self._read(
             self._keys, "key", public_id, self._fetch_key, unknown=self._unknown_keys
@@ -173,7 +173,7 @@ class PlanCache:
             return KeyGrant(row.secret_hash, None, inactive_plan=account.plan.name)
         plan = self._plan(account.plan)
         try:
-            plan = self._kept(repository.key_plan(row, plan))
+            plan = self._interned(repository.key_plan(row, plan))
         except ValueError as exc:  # written by plain SQL, past the CHECK (SQLite has none)
             own = (
                 f"account {account.name!r}: limits={account.limits!r}, "
@@ -198,7 +198,7 @@ class PlanCache:
         """Log and count an inactive anonymous plan: read once per TTL, so reported as often.
         The CLI refuses to deactivate it; plain SQL can, and every anonymous caller gets 503."""
         if row.name == ANONYMOUS and not row.is_active:
-            child(PLAN_INACTIVE, row.name).inc()
+            labelled(PLAN_INACTIVE, row.name).inc()
             logger.error(
                 "the %r plan is inactive: every caller without an API key gets 503; "
                 "set plans.is_active back to true",
@@ -210,9 +210,9 @@ class PlanCache:
             plan = repository.to_plan(row)
         except ValueError as exc:
             raise MisconfiguredPlan(row.name, row.limits) from exc
-        return self._kept(plan)
+        return self._interned(plan)
 
-    def _kept(self, plan: Plan) -> Plan:
+    def _interned(self, plan: Plan) -> Plan:
         """The Plan object already in use for an equal plan, else `plan`, kept from now on."""
         name = (plan.name, plan.owner)
         known = self._plan_objects.get(name)
@@ -228,7 +228,7 @@ class PlanCache:
         last = self._reported.get(exc.name)
         if last is None or now - last >= self._ttl:
             self._reported[exc.name] = now
-            child(PLAN_ERRORS, exc.name).inc()
+            labelled(PLAN_ERRORS, exc.name).inc()
             logger.error("%s; its callers are served its last good limits, or 503", exc)
 
     def _answer(self, value: Any) -> Any:
@@ -250,15 +250,15 @@ class PlanCache:
         now = time.monotonic()
         entry = cache.get(name)
         if entry is not None and now - entry.fetched_at < self._ttl:
-            child(PLAN_CACHE, "hit").inc()
+            labelled(PLAN_CACHE, "hit").inc()
             return self._answer(entry.value)
         outage = self._outage
         if outage.skips(now):
             if entry is None:
                 raise outage.unavailable(now)
-            child(PLAN_CACHE, "stale").inc()
+            labelled(PLAN_CACHE, "stale").inc()
             return self._answer(entry.value)  # stale, while the database is known to be down
-        child(PLAN_CACHE, "miss").inc()
+        labelled(PLAN_CACHE, "miss").inc()
         try:
             value = await self._single_flight((kind, name), lambda: fetch(name))
         except DATABASE_ERRORS as exc:
@@ -266,7 +266,7 @@ class PlanCache:
                 logger.warning("Plans database unreachable (%s): serving cached plans", exc)
             if entry is None:
                 raise outage.unavailable(now) from exc
-            child(PLAN_CACHE, "stale").inc()
+            labelled(PLAN_CACHE, "stale").inc()
             return self._answer(entry.value)
         except MisconfiguredPlan as exc:
             self._report(exc, now)

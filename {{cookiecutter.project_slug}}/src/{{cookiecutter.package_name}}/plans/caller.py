@@ -1,6 +1,7 @@
 """Who is calling: from a request's credentials (or its client address) to a Caller, whose
 identity limits are counted against and whose plan's limits apply."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv6Address, ip_address, ip_network
@@ -24,7 +25,22 @@ class Caller:
 
 
 class InvalidCredentials(Exception):
-    """The request carries an API key that is malformed, unknown or revoked (401)."""
+    """The request carries an API key that is malformed, unknown or revoked (401), from the
+    client `address` (its identity, or None where it is unusable): a failure to count."""
+
+    def __init__(self, reason: str, address: str | None = None) -> None:
+        super().__init__(reason)
+        self.address = address
+
+
+class RefusedAddress(Exception):
+    """The request carries a key from an address already refused for failed authentications
+    (429): `refusal` is what the screen said of it. The key was not looked up."""
+
+    def __init__(self, address: str, refusal: object) -> None:
+        super().__init__(address)
+        self.address = address
+        self.refusal = refusal
 
 
 class BlockedKey(Exception):
@@ -108,6 +124,10 @@ class CallerResolver:
     def __init__(self, cache: PlanCache, ipv6_prefix_length: int = 64) -> None:
         self.cache = cache
         self.ipv6_prefix_length = ipv6_prefix_length
+        # What this process already knows of an address that failed too many authentications:
+        # a refusal, or None. Set by the limiter when the app starts (ratelimit/service.py), so
+        # a guesser's key is refused before it is looked up: guessing costs no database work.
+        self.screen_address: Callable[[str], object | None] | None = None
 
     def address(self, scope: Scope) -> str:
         """The identity of the request's client address; raises UnusableClientAddress."""
@@ -123,26 +143,43 @@ class CallerResolver:
             identity = "ip:unknown"  # a server that knows no peer (a UNIX socket)
         return identity
 
-    async def resolve(self, scope: Scope, raw_key: str | None) -> Caller:
-        """The caller of a request carrying `raw_key` (read_api_key's), or anonymous.
+    async def resolve(self, scope: Scope) -> Caller:
+        """The caller of a request: its API key's, or anonymous.
 
-        Raises InvalidCredentials, BlockedKey, InactivePlan, UnusableClientAddress, or
-        Unavailable (plans away)."""
+        Raises InvalidCredentials (with the client address, to count the failure against),
+        RefusedAddress, BlockedKey, InactivePlan, UnusableClientAddress, or Unavailable (plans
+        away)."""
+        try:
+            address: str | None = self.address(scope)
+            unusable = None
+        except UnusableClientAddress as exc:  # refused for an anonymous caller only, below
+            address, unusable = None, exc
+        try:
+            raw_key = read_api_key(scope)
+        except InvalidCredentials as exc:
+            raise InvalidCredentials(str(exc), address) from None
         if raw_key is None:
             plan = await self.cache.plan(ANONYMOUS)
             if plan is None:  # a database without the seeded plans: not migrated
                 raise Unavailable("Plans are temporarily unavailable.", retry_after=30)
-            return Caller(identity=self.address(scope), plan=plan)
+            if address is None:
+                assert unusable is not None
+                raise unusable
+            return Caller(identity=address, plan=plan)
+        if address is not None and self.screen_address is not None:
+            refusal = self.screen_address(address)
+            if refusal is not None:
+                raise RefusedAddress(address, refusal)
         parsed = parse_key(raw_key)
         if parsed is None:
-            raise InvalidCredentials("malformed API key")
+            raise InvalidCredentials("malformed API key", address)
         grant = await self.cache.key(parsed.public_id)
         if grant is None or not digest_matches(parsed, grant.secret_hash):
-            raise InvalidCredentials("unknown or revoked API key")
+            raise InvalidCredentials("unknown or revoked API key", address)
         if grant.inactive_plan is not None:  # only told to a caller holding the key's secret
             raise InactivePlan(grant.inactive_plan, parsed.public_id)
         if grant.plan is None:
-            raise InvalidCredentials("unknown or revoked API key")
+            raise InvalidCredentials("unknown or revoked API key", address)
         caller = Caller(identity=grant.identity, plan=grant.plan, account=grant.account)
         if grant.blocked is not None:
             raise BlockedKey(grant.blocked, caller)

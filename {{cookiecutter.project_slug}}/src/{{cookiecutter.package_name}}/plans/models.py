@@ -34,7 +34,8 @@ class PlanRow(Base):
     route_limits: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     # Limits counted on every route beside `limits` but never refusing (a rollout), or None.
     shadow_limits: Mapped[str | None] = mapped_column(String(255))
-    # Under overload the lowest priorities are shed first (ratelimit/shedding.py); anonymous is 0.
+    # Under overload the lowest priorities are shed first (ratelimit/http/shedding.py);
+    # anonymous is 0.
     priority: Mapped[int] = mapped_column(server_default="0")
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,29 +1,31 @@
 """Rate limiting: routes declare limits with slowapi; this package enforces them without blocking.
 
-A request's check moves one way through these modules:
-- middleware.py  resolves the caller (plans/caller.py) before routing: 401/400/503 here
-- route.py       the route class, and the check it runs before each endpoint: decide, record,
-                 answer; unmatched paths and the start-up check of every route
-- rules.py       which limits apply: the caller's plan plus the route's slowapi declarations
-- failover.py    the outage policy while Redis is away (fail-open, fail-closed)
-- counting.py    what a count decided, and the Counter protocol, implemented by
-  redis_counter.py   in Redis: check.lua, one script call per request, and
-  memory_counters.py in this process's memory (no Redis, or the fail-open fallback)
-- storage.py     the Redis connection, its timeouts, and how script calls travel
-- responses.py   the problem+json refusals and the quota headers
-- quotas.py      the quota endpoint's peek at every limit of a caller's plan
-- shedding.py    under overload (event-loop lag), 503 for the lowest plan priorities first,
-                 asked by middleware.py once the caller is known
+Three rooms, each importing only those listed before it, and their wiring:
+- rules/     what applies and what a count decided: declarations (the slowapi `Limiter`), the
+             limits of a caller on a route, the decision. Pure: no I/O.
+- counters/  how hits are counted: in Redis (check.lua, one script call per request) or in this
+             process's memory, and the outage policy while Redis is away
+- http/      the ASGI/FastAPI edge: the caller middleware (401/403/429/503 before routing), the
+             route class and its check, the refusals and quota headers, load shedding, OpenAPI
+- service.py wires them into the app with one call, `install(app, settings, resolver)`
 
-limiter.py holds the slowapi `Limiter` routes decorate; service.py wires it all into the app
-with one call, `install(app, settings, resolver)`.
+A request's check moves one way: http/middleware.py resolves the caller (plans/caller.py), then
+http/route.py asks rules/applied.py which limits apply, counters/failover.py counts them, and
+http/responses.py answers.
 """
 
-from .limiter import limiter
-from .quotas import peek_quotas
-from .route import RateLimitedRoute, limited_templates
+from .http.quotas import peek_quotas
+from .http.route import RateLimitedRoute, exempt_app, limited_templates
+from .rules.limiter import limiter
 from .service import install
 
-# What the rest of the service uses: routers (RateLimitedRoute, limiter), the quota endpoint
-# (peek_quotas), the CLI (limited_templates) and the app factory (install).
-__all__ = ["RateLimitedRoute", "install", "limited_templates", "limiter", "peek_quotas"]
+# What the rest of the service uses: routers (RateLimitedRoute, limiter, exempt_app), the quota
+# endpoint (peek_quotas), the CLI (limited_templates) and the app factory (install).
+__all__ = [
+    "RateLimitedRoute",
+    "exempt_app",
+    "install",
+    "limited_templates",
+    "limiter",
+    "peek_quotas",
+]

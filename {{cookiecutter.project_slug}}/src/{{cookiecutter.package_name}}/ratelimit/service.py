@@ -16,15 +16,14 @@ from ..observability.logs import RefusalLog
 from ..plans.caller import CallerResolver
 from ..plans.plan import parse_limits
 from ..settings import Settings
-from .counting import Counter
-from .failover import Failover
-from .limiter import limiter
-from .memory_counters import memory_counter
-from .middleware import CallerMiddleware, Identification
-from .openapi import install_openapi
-from .redis_counter import RedisCounter
-from .responses import refusals
-from .route import (
+from .counters.failover import Failover
+from .counters.memory_counters import memory_counter
+from .counters.redis_counter import RedisCounter
+from .counters.storage import LimitStorage, eviction_checked, open_limit_storage
+from .http.middleware import CallerIdentifier, CallerMiddleware
+from .http.openapi import install_openapi
+from .http.responses import refusal_logger
+from .http.route import (
     RateLimitCheck,
     RateLimitedRoute,
     UnlimitedRoute,
@@ -32,9 +31,10 @@ from .route import (
     check_routes,
     documentation_paths,
 )
-from .rules import standalone_limits
-from .shedding import LoadShedder
-from .storage import LimitStorage, eviction_checked, open_limit_storage
+from .http.shedding import LoadShedder
+from .rules.applied import standalone_limits
+from .rules.counting import HitCounter
+from .rules.limiter import limiter
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +48,15 @@ class RateLimiting:
         self,
         app: FastAPI,
         settings: Settings,
-        identify: Identification,
+        identify: CallerIdentifier,
         shedder: LoadShedder | None = None,
+        shadow: bool = False,
     ) -> None:
         self.app = app
         self.settings = settings
         self.identify = identify
         self.shedder = shedder
+        self.shadow = shadow
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -94,16 +96,16 @@ class RateLimiting:
                 outage_policy=settings.ratelimit_outage_policy,
                 retry_interval=settings.redis_retry_interval_seconds,
             )
-            self.identify.failover = failover
+            self.identify.start(failover)
             app.state.ratelimit_check = RateLimitCheck(
                 self.identify,
                 failover,
                 self.identify.refusal_log,
-                shadow=settings.ratelimit_mode == "shadow",
+                shadow=self.shadow,
             )
             yield
 
-    def _counter(self, storage: LimitStorage) -> Counter:
+    def _counter(self, storage: LimitStorage) -> HitCounter:
         settings = self.settings
         if storage.redis is None:
             return memory_counter(
@@ -151,7 +153,7 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
     # A path no route matches is counted against the caller's plan too: a scan meets a 429.
     app.router.default = UnmatchedPaths(app.router.default)
     failures = standalone_limits("auth-failures", parse_limits(settings.auth_failure_limit))
-    identify = Identification(resolver, failures, RefusalLog(refusals))
+    identify = CallerIdentifier(resolver, failures, RefusalLog(refusal_logger))
     shedder = LoadShedder.from_settings(settings)
     # Added first, so it runs last of the middleware, inside the request context (401s carry
     # the request id and CORS headers).
@@ -159,5 +161,7 @@ def install(app: FastAPI, settings: Settings, resolver: CallerResolver) -> RateL
         CallerMiddleware, identify=identify, shedder=shedder, unchecked=documentation_paths(app)
     )
     # /openapi.json documents what the limiter answers, built once, on its first request.
-    install_openapi(app, settings)
-    return RateLimiting(app, settings, identify, shedder)
+    # RATELIMIT_MODE, read here only: the check and the document both follow it.
+    shadow = settings.ratelimit_mode == "shadow"
+    install_openapi(app, settings, shadow)
+    return RateLimiting(app, settings, identify, shedder, shadow)

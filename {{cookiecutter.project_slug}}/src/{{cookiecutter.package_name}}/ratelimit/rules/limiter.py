@@ -2,19 +2,19 @@
 
 Routes use slowapi as its docs show: `@limiter.limit("10/minute")`, `@limiter.shared_limit(...)`,
 `@limiter.exempt`. slowapi records each declaration in this object's registry at import time;
-rules.py reads that registry, and route.py enforces it. Two declarations are ours, since slowapi
-has neither: `shadow=True` on `limit`/`shared_limit` (counted and logged, never refused: how a
-new limit is rolled out), and `@limiter.concurrency(N)` (at most N requests of one caller in
-flight on the route, across every instance).
+applied.py reads that registry, and http/route.py enforces it. Two declarations are ours, since
+slowapi has neither: `shadow=True` on `limit`/`shared_limit` (counted and logged, never refused:
+how a new limit is rolled out), and `@limiter.concurrency(N)` (at most N requests of one caller
+in flight on the route, across every instance).
 
 Why slowapi does not enforce them itself: slowapi 0.1.10 checks limits synchronously, so with
 Redis storage every request blocks the event loop for a Redis round trip (and a slow Redis
 freezes the whole worker, health checks included); `async+redis://` storage is refused by
 slowapi; and with headers on it makes a second round trip per request. So `auto_check=False`
-turns its check off and redis_counter.py counts asynchronously, in one Redis script call per
-request, with the same limit strings (parsed by `limits`, as slowapi does). The storage,
-algorithm and key prefix are settings of the service (see settings.py), not arguments here;
-this Limiter never touches storage. slowapi is pinned exactly because the service relies on
+turns its check off and counters/redis_counter.py counts asynchronously, in one Redis script
+call per request, with the same limit strings (parsed by `limits`, as slowapi does). The
+storage, algorithm and key prefix are settings of the service (see settings.py), not arguments
+here; this Limiter never touches storage. slowapi is pinned exactly because the service relies on
 its registry layout.
 """
 
@@ -78,7 +78,7 @@ class DeclarationsLimiter(Limiter):
 
     def concurrency(self, most: int) -> Callable[[F], F]:
         """At most `most` requests of one caller in flight on this route, on every instance
-        together; one more gets 429 with Retry-After: 1 (ratelimit/rules.py)."""
+        together; one more gets 429 with Retry-After: 1 (ratelimit/rules/applied.py)."""
         if not isinstance(most, int) or most < 1:
             raise ValueError(f"@limiter.concurrency({most!r}): expected a whole number above 0")
 
@@ -114,7 +114,7 @@ class DeclarationsLimiter(Limiter):
 
 limiter = DeclarationsLimiter(
     key_func=caller_key,
-    auto_check=False,  # enforcement happens in route.py, off the synchronous path
-    headers_enabled=False,  # the quota headers come from responses.py, with the decision
-    storage_uri="memory://",  # never used: counting happens in redis_counter.py
+    auto_check=False,  # enforcement happens in http/route.py, off the synchronous path
+    headers_enabled=False,  # the quota headers come from http/responses.py, with the decision
+    storage_uri="memory://",  # never used: counting happens in counters/
 )

@@ -5,11 +5,11 @@ from fastapi import FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.requests import Request
 
-from ..plans.plan import Plan
-from .counting import Decision
-from .limiter import CALLER_STATE_KEY, limiter
+from ...plans.plan import Plan
+from ..rules.applied import LimitSet, RouteLimits, is_exempt
+from ..rules.counting import Decision
+from ..rules.limiter import CALLER_STATE_KEY, limiter
 from .route import UNMATCHED, RateLimitCheck, RateLimitedRoute
-from .rules import LimitSet, RouteLimits, is_exempt
 
 
 def _plan_limits_only() -> None:
@@ -31,12 +31,12 @@ class PlanQuotas:
             RouteLimits(limiter, _plan_limits_only, path) for path in [*paths, UNMATCHED]
         ]
         # (plan name, key override) -> (the plan it was worked out for, its limits everywhere)
-        self._kept: dict[tuple[str, str | None], tuple[Plan, LimitSet]] = {}
+        self._limit_sets: dict[tuple[str, str | None], tuple[Plan, LimitSet]] = {}
         self._shadow = shadow
 
     def limit_set(self, request: Request, plan: Plan) -> LimitSet:
         key = (plan.name, plan.owner)
-        kept = self._kept.get(key)
+        kept = self._limit_sets.get(key)
         if kept is not None and kept[0] is plan:  # a changed plan is a new Plan object
             return kept[1]
         limits = [
@@ -45,9 +45,9 @@ class PlanQuotas:
             for limit in route.for_request(request, plan, self._shadow).limits
         ]
         limit_set = LimitSet(tuple(limits))
-        if len(self._kept) >= RouteLimits.MAX_KEPT:
-            self._kept.clear()
-        self._kept[key] = (plan, limit_set)
+        if len(self._limit_sets) >= RouteLimits.MAX_LIMIT_SETS:
+            self._limit_sets.clear()
+        self._limit_sets[key] = (plan, limit_set)
         return limit_set
 
 

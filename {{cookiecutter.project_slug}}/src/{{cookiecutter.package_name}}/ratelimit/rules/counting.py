@@ -1,19 +1,21 @@
 """What a count decided, and what every counter does: the results of one request's limits, the
-concurrency slots it holds, and the Counter protocol that redis_counter.py (check.lua, one
-script call per request) and memory_counters.py (this process's memory) implement.
+concurrency slots it holds, and the HitCounter protocol that the counters implement:
+counters/redis_counter.py (check.lua, one script call per request) and
+counters/memory_counters.py (this process's memory).
 
 Why our own Redis script rather than `limits.aio`'s strategies: those take one round trip to
 count a hit and another for the numbers the headers need, per limit, and charge a request's
 limits one by one. check.lua decides every limit of a request, and returns what the headers
 need, in one atomic call on the Redis clock. `limits` still parses the limit strings, and
 counts in memory where there is no Redis (the embedded default, and the fail-open fallback),
-except for GCRA, which it lacks. The Redis connection and how calls travel are storage.py's.
+except for GCRA, which it lacks. The Redis connection and how calls travel are
+counters/storage.py's.
 """
 
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .rules import AppliedLimit, LimitSet
+from .applied import AppliedLimit, LimitSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,7 @@ Held = tuple[tuple[str, str], ...]
 class Slots:
     """Concurrency slots an admitted request holds until its response is done."""
 
-    counter: "Counter"
+    counter: "HitCounter"
     held: Held
 
     async def release(self) -> None:
@@ -77,7 +79,7 @@ class Decision:
         object.__setattr__(self, "shadow_refusals", () if refused else shadow_refusals)
 
 
-class Counter(Protocol):
+class HitCounter(Protocol):
     async def evaluate(
         self, identity: str, limit_set: LimitSet
     ) -> tuple[tuple[LimitResult, ...], Slots | None]:
@@ -89,7 +91,7 @@ class Counter(Protocol):
         """Give back the concurrency slots of a request whose response is done."""
         ...
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
         """A refusal of this request known in this process, without asking the storage."""
         ...
 

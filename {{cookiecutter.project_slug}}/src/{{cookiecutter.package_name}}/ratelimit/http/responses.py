@@ -17,12 +17,12 @@ import logging
 import math
 import time
 
-from ..problems import ProblemResponse, problem
-from .counting import Decision
+from ...problems import ProblemResponse, problem
+from ..rules.counting import Decision
 
 # Refusals on a logger of its own: route it to its own sink or alert on it. Each caller's
 # first refusal per window and policy, and a summary of the rest (observability.RefusalLog).
-refusals = logging.getLogger("ratelimit")
+refusal_logger = logging.getLogger("ratelimit")
 # A concurrency limit has no window: its refusals are summarised per minute.
 CONCURRENCY_LOG_WINDOW = 60.0
 

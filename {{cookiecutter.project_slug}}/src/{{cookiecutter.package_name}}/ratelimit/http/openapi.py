@@ -25,12 +25,12 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute, iter_route_contexts
 
-from .. import problems
-from ..settings import Settings
-from .limiter import limiter
+from ... import problems
+from ...settings import Settings
+from ..rules.applied import is_exempt
+from ..rules.limiter import limiter
 from .middleware import reads_credentials
 from .route import RateLimitedRoute
-from .rules import is_exempt
 
 Document = dict[str, Any]
 
@@ -151,12 +151,14 @@ def _answers_its_own_media_type(route: APIRoute) -> bool:
     )
 
 
-def _document(operation: Document, route: APIRoute, path: str, settings: Settings) -> None:
+def _document(
+    operation: Document, route: APIRoute, path: str, settings: Settings, shadow: bool
+) -> None:
     responses: Document = operation.setdefault("responses", {})
     limited = isinstance(route, RateLimitedRoute) and not is_exempt(limiter, route.endpoint)
     # Under RATELIMIT_MODE=shadow no limit can refuse, so a 2xx carries no quota headers: the
     # document must not promise them (a client generated from it would reject every answer).
-    quota_on_success = limited and settings.ratelimit_mode != "shadow"
+    quota_on_success = limited and not shadow
     reads_key = limited or reads_credentials(path)
     refusals: dict[str, str] = {"431": "HeadersTooLarge", "500": "ServerError"}
     if reads_key:  # a limited route, or failed authentications counted per address
@@ -193,8 +195,9 @@ def _document(operation: Document, route: APIRoute, path: str, settings: Setting
     operation["responses"] = dict(sorted(responses.items()))
 
 
-def complete(document: Document, app: FastAPI, settings: Settings) -> Document:
-    """`document` (FastAPI's) with the limiter's answers, headers and security schemes."""
+def complete(document: Document, app: FastAPI, settings: Settings, shadow: bool) -> Document:
+    """`document` (FastAPI's) with the limiter's answers, headers and security schemes;
+    `shadow`: RATELIMIT_MODE=shadow, as the check runs."""
     routes = {
         (context.path_format, method.lower()): context.original_route
         for context in iter_route_contexts(app.routes)
@@ -205,7 +208,7 @@ def complete(document: Document, app: FastAPI, settings: Settings) -> Document:
         for method, operation in operations.items():
             route = routes.get((path, method))
             if route is not None:
-                _document(operation, route, path, settings)
+                _document(operation, route, path, settings, shadow)
     components = document.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     schemas["Problem"] = copy.deepcopy(problems.SCHEMA)
@@ -217,13 +220,13 @@ def complete(document: Document, app: FastAPI, settings: Settings) -> Document:
     return document
 
 
-def install_openapi(app: FastAPI, settings: Settings) -> None:
+def install_openapi(app: FastAPI, settings: Settings, shadow: bool) -> None:
     """Serve the completed document: built on the first call, then kept by FastAPI."""
     build: Callable[[], Document] = app.openapi
 
     def openapi() -> Document:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(build(), app, settings)
+            app.openapi_schema = complete(build(), app, settings, shadow)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

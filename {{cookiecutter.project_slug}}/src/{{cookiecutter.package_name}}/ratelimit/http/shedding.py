@@ -24,10 +24,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from ..observability.metrics import EVENT_LOOP_LAG, LOAD_SHED, child
-from ..problems import ProblemResponse, unavailable
-from ..settings import Settings
-from .responses import refusals
+from ...observability.metrics import EVENT_LOOP_LAG, LOAD_SHED, labelled
+from ...problems import ProblemResponse, unavailable
+from ...settings import Settings
+from .responses import refusal_logger
 
 # How often the probe measures: one timer a tenth of a second costs nothing, and a lag is
 # seen within this time (a loop blocked right now, at once: see sheds()).
@@ -75,7 +75,7 @@ class LoadShedder:
 
     def shed(self, plan: str, path: str) -> ProblemResponse:
         """The 503 of a request sheds() refused, counted for the metrics and the episode."""
-        child(LOAD_SHED, plan).inc()
+        labelled(LOAD_SHED, plan).inc()
         self._shed[plan] = self._shed.get(plan, 0) + 1
         return unavailable(DETAIL, path, RETRY_AFTER, shed=True)  # the load test's verdict reads it
 
@@ -111,7 +111,7 @@ class LoadShedder:
             self._quiet_since = None
             if self._started is None:
                 self._started, self._peak = now, lag
-                refusals.warning(
+                refusal_logger.warning(
                     "load shedding started",
                     extra={
                         "lag_ms": round(lag * 1000, 1),
@@ -128,7 +128,7 @@ class LoadShedder:
 
     def _end(self, now: float) -> None:
         started = self._started if self._started is not None else now
-        refusals.warning(
+        refusal_logger.warning(
             "load shedding ended",
             extra={
                 "duration_s": round(now - started, 1),

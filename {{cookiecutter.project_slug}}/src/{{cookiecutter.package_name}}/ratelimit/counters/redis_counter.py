@@ -12,9 +12,9 @@ from importlib.resources import files
 
 from redis.exceptions import RedisError
 
-from ..settings import Strategy
-from .counting import Held, LimitResult, Slots
-from .rules import AppliedLimit, LimitSet
+from ...settings import Strategy
+from ..rules.applied import AppliedLimit, LimitSet
+from ..rules.counting import Held, LimitResult, Slots
 from .storage import RedisClient, ScriptExpired, ScriptRunner
 
 CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
@@ -119,7 +119,7 @@ class RedisCounter:
             algorithm = self._strategy
         return self._prefix + ":{" + subject + "}:" + algorithm + ":" + limit.key_suffix
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
         if not self._refusing:  # nothing refused lately: spare building the keys twice
             return None
         keys = [self.key(identity, limit) for limit in limit_set.limits]

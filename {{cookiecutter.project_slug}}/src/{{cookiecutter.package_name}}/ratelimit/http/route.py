@@ -3,9 +3,10 @@ rules that keep every other way into the app from escaping it.
 
 The check runs after routing, so it knows the matched route however it was mounted, and its
 template (`/v1/items/{item_id}`), and a refused request never reaches the endpoint or the
-parsing of its body. It moves one way: the limits (rules.py), one count (failover.py, then
-counting.py), the record (metrics, the refusal log), the answer (responses.py). A refusal is a
-response returned, not an exception: the 429 path stays as cheap as the 200 path.
+parsing of its body. It moves one way: the limits (rules/applied.py), one count
+(counters/failover.py, whose Decision is rules/counting.py's), the record (metrics, the refusal
+log), the answer (responses.py). A refusal is a response returned, not an exception: the 429
+path stays as cheap as the 200 path.
 
 Every router of the service is created with `route_class=RateLimitedRoute` (FastAPI's own hook
 for wrapping a route's handler), and the app refuses to start (check_routes, run by the
@@ -40,17 +41,17 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..observability.logs import RefusalLog, hashed, request_id_var
-from ..observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, child
-from ..observability.middleware import QUIET_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
-from ..outages import Unavailable
-from ..problems import unavailable
-from .counting import Decision, Slots
-from .failover import Failover
-from .limiter import CALLER_STATE_KEY, limiter
-from .middleware import Identification
+from ...observability.logs import RefusalLog, hashed, request_id_var
+from ...observability.metrics import RATELIMIT_CHECK_SECONDS, RATELIMIT_DECISIONS, labelled
+from ...observability.middleware import QUIET_STATE_KEY, RESPONSE_HEADERS_STATE_KEY
+from ...outages import Unavailable
+from ...problems import unavailable
+from ..counters.failover import Failover
+from ..rules.applied import LimitSet, RouteLimits, is_exempt
+from ..rules.counting import Decision, Slots
+from ..rules.limiter import CALLER_STATE_KEY, limiter
+from .middleware import CallerIdentifier
 from .responses import CONCURRENCY_LOG_WINDOW, QuotaHeaders, too_many_requests
-from .rules import LimitSet, RouteLimits, is_exempt
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
@@ -62,7 +63,7 @@ SLOTS_STATE_KEY = "ratelimit_slots"
 class RateLimitCheck:
     def __init__(
         self,
-        identify: Identification,
+        identify: CallerIdentifier,
         failover: Failover,
         refusal_log: RefusalLog,
         shadow: bool = False,
@@ -70,8 +71,8 @@ class RateLimitCheck:
         self._identify = identify
         self._failover = failover
         self._refusal_log = refusal_log
-        # RATELIMIT_MODE=shadow: every limit counted and logged, none refusing. Read here
-        # only: the quota endpoint asks this check (quotas.py).
+        # RATELIMIT_MODE=shadow (read by service.py): every limit counted and logged, none
+        # refusing. The quota endpoint asks this check (quotas.py).
         self.shadow = shadow
 
     async def peek(self, identity: str, limit_set: LimitSet) -> Decision:
@@ -93,9 +94,9 @@ class RateLimitCheck:
         limit_set = route.for_request(request, caller.plan, self.shadow)
         started = time.perf_counter()
         try:
-            decision = await self._failover.check(caller.identity, limit_set)
+            decision = await self._failover.count(caller.identity, limit_set)
         except Unavailable as exc:
-            child(RATELIMIT_DECISIONS, plan, route.path, "unavailable").inc()
+            labelled(RATELIMIT_DECISIONS, plan, route.path, "unavailable").inc()
             return unavailable(exc.detail, scope["path"], exc.retry_after)
         finally:
             RATELIMIT_CHECK_SECONDS.observe(time.perf_counter() - started)
@@ -122,7 +123,7 @@ class RateLimitCheck:
             outcome = "allowed"
         if decision.fallback:
             outcome = "fallback"
-        child(RATELIMIT_DECISIONS, plan, route.path, outcome).inc()
+        labelled(RATELIMIT_DECISIONS, plan, route.path, outcome).inc()
         refused = decision.shadow_refusals if decision.admitted else (binding,)
         logged = False
         for result in refused:

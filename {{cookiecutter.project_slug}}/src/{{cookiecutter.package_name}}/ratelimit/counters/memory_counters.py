@@ -12,9 +12,9 @@ from limits.aio.strategies import (
     SlidingWindowCounterRateLimiter,
 )
 
-from ..settings import STRATEGIES, Strategy
-from .counting import Held, LimitResult, Slots
-from .rules import AppliedLimit, LimitSet
+from ...settings import STRATEGIES, Strategy
+from ..rules.applied import AppliedLimit, LimitSet
+from ..rules.counting import Held, LimitResult, Slots
 
 # The `limits` strategy counting each algorithm in memory; GCRA is MemoryGcra, below.
 MEMORY_STRATEGIES: dict[Strategy, type[RateLimiter]] = {
@@ -88,7 +88,7 @@ class MemoryCounter:
     def _limiter(self, limit: AppliedLimit) -> RateLimiter:
         return self._limiters[strategy_for(self._configured, limit, self._max_hits)]
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> None:
         return None  # counted here already: nothing to spare
 
     async def evaluate(
@@ -166,7 +166,7 @@ class MemoryGcra:
         self._arrivals: dict[tuple[str, str], float] = {}
         self._slots = InProcessSlots()
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> None:
         return None  # counted here already: nothing to spare
 
     async def evaluate(

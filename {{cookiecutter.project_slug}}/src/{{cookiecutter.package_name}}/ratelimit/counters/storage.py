@@ -31,8 +31,8 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from ..observability.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_MAY_EVICT, child
-from ..settings import Settings, mask_password
+from ...observability.metrics import RATELIMIT_STORAGE_ERRORS, RATELIMIT_STORAGE_MAY_EVICT, labelled
+from ...settings import Settings, mask_password
 from .resp import RespChannel, deadline_after_io, pack
 
 logger = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def error_kind(exc: BaseException) -> ErrorKind:
 
 
 def count_error(exc: BaseException) -> None:
-    child(RATELIMIT_STORAGE_ERRORS, error_kind(exc)).inc()
+    labelled(RATELIMIT_STORAGE_ERRORS, error_kind(exc)).inc()
 
 
 class ScriptRunner:

@@ -22,12 +22,12 @@ import time
 
 from redis.exceptions import RedisError
 
-from ..observability.metrics import RATELIMIT_STORAGE_UP
-from ..outages import Outage, Unavailable
-from ..settings import OutagePolicy
-from .counting import Counter, Decision, LimitResult, Slots
+from ...observability.metrics import RATELIMIT_STORAGE_UP
+from ...outages import Outage, Unavailable
+from ...settings import OutagePolicy
+from ..rules.applied import AppliedLimit, LimitSet
+from ..rules.counting import Decision, HitCounter, LimitResult, Slots
 from .redis_counter import RedisCounter
-from .rules import AppliedLimit, LimitSet
 from .storage import error_kind
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class Failover:
 
     def __init__(
         self,
-        counter: Counter,
-        fallback: Counter,
+        counter: HitCounter,
+        fallback: HitCounter,
         outage_policy: OutagePolicy,
         retry_interval: float,
     ) -> None:
@@ -66,15 +66,15 @@ class Failover:
         self._logged_errors: dict[tuple[AppliedLimit, ...], float] = {}
         RATELIMIT_STORAGE_UP.set(1 if isinstance(counter, RedisCounter) else 0)
 
-    def remembered(self, identity: str, limit_set: LimitSet) -> Decision | None:
+    def known_refusal(self, identity: str, limit_set: LimitSet) -> Decision | None:
         """A refusal known in this process (the storage could only refuse again), or None."""
-        known = self._primary.remembered(identity, limit_set)
+        known = self._primary.known_refusal(identity, limit_set)
         return None if known is None else Decision(limit_set, known)
 
-    async def check(self, identity: str, limit_set: LimitSet) -> Decision:
+    async def count(self, identity: str, limit_set: LimitSet) -> Decision:
         """Count one request of `identity` against `limit_set` (the counter bounds its time);
         raises Unavailable where the outage policy is fail-closed and Redis cannot count it."""
-        known = self.remembered(identity, limit_set)
+        known = self.known_refusal(identity, limit_set)
         if known is not None:  # answered without the storage: says nothing of its health
             return known
         now = time.monotonic()

@@ -6,7 +6,7 @@ URL), except `shared_limit`s, which are counted per caller across every route sh
 A limit is enforced or shadow: a shadow limit (declared `shadow=True`, a plan's
 `shadow_limits`, or every limit under RATELIMIT_MODE=shadow) is counted exactly as if it were
 enforced (declared and plan ones under counters of their own), but never refuses: its would-be
-refusals are logged and counted (route.py), and it is left out of the quota headers, which
+refusals are logged and counted (http/route.py), and it is left out of the quota headers, which
 describe only what can refuse. A concurrency limit (`@limiter.concurrency(N)`) counts requests
 in flight instead of requests in a window.
 
@@ -27,8 +27,8 @@ from slowapi import Limiter
 from slowapi.wrappers import Limit
 from starlette.requests import Request
 
-from ..plans.grammar import bounds_problem, check_cost
-from ..plans.plan import Plan
+from ...plans.grammar import bounds_problem, check_cost
+from ...plans.plan import Plan
 from .limiter import DeclarationsLimiter, caller_key, endpoint_name, is_shadow
 
 
@@ -139,7 +139,7 @@ class RouteLimits:
     """The limits of one route: its declarations, read once, and its limits per plan."""
 
     # Most limit sets kept per route: one per plan, method and per-key override in use.
-    MAX_KEPT = 10_000
+    MAX_LIMIT_SETS = 10_000
 
     def __init__(
         self, limiter: DeclarationsLimiter, endpoint: Callable[..., Any], path: str
@@ -163,23 +163,23 @@ class RouteLimits:
         self._per_request = bool(self._dynamic) or any(map(_depends_on_request, self._static))
         # (plan name, key override, method, all shadow) -> (the plan they were worked out for,
         # its limits here)
-        self._kept: dict[tuple[str, str | None, str, bool], tuple[Plan, LimitSet]] = {}
+        self._limit_sets: dict[tuple[str, str | None, str, bool], tuple[Plan, LimitSet]] = {}
 
     def for_request(self, request: Request, plan: Plan, shadow: bool = False) -> LimitSet:
         """The limits of this request; `shadow`: every one of them shadow (RATELIMIT_MODE)."""
         if self._per_request:
-            return self._work_out(request, plan, shadow)
+            return self._limit_set_for(request, plan, shadow)
         key = (plan.name, plan.owner, counted_method(request), shadow)
-        kept = self._kept.get(key)
+        kept = self._limit_sets.get(key)
         if kept is not None and kept[0] is plan:  # a changed plan is a new Plan object
             return kept[1]
-        limit_set = self._work_out(request, plan, shadow)
-        if len(self._kept) >= self.MAX_KEPT:
-            self._kept.clear()
-        self._kept[key] = (plan, limit_set)
+        limit_set = self._limit_set_for(request, plan, shadow)
+        if len(self._limit_sets) >= self.MAX_LIMIT_SETS:
+            self._limit_sets.clear()
+        self._limit_sets[key] = (plan, limit_set)
         return limit_set
 
-    def _work_out(self, request: Request, plan: Plan, shadow: bool) -> LimitSet:
+    def _limit_set_for(self, request: Request, plan: Plan, shadow: bool) -> LimitSet:
         route = self.path
         applied = []
         # A declared or configured shadow limit is counted apart ("plan-shadow", "shadow:..."),

@@ -20,33 +20,36 @@ routing: a shed request spends no quota and never runs its endpoint.
 No wrapped `send` here: the quota headers are added by the request context middleware.
 """
 
+from functools import partial
+
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from ..observability import HEALTH_PREFIX, METRICS_PATH
-from ..observability.logs import RefusalLog, hashed, request_id_var
-from ..observability.metrics import RATELIMIT_DECISIONS, child
-from ..observability.middleware import (
+from ...observability import HEALTH_PREFIX, METRICS_PATH
+from ...observability.logs import RefusalLog, hashed, request_id_var
+from ...observability.metrics import RATELIMIT_DECISIONS, labelled
+from ...observability.middleware import (
     PLAN_STATE_KEY,
     QUIET_STATE_KEY,
     RESPONSE_HEADERS_STATE_KEY,
 )
-from ..outages import Unavailable
-from ..plans.caller import (
+from ...outages import Unavailable
+from ...plans.caller import (
     BlockedKey,
     Caller,
     CallerResolver,
     InactivePlan,
     InvalidCredentials,
+    RefusedAddress,
     UnusableClientAddress,
-    read_api_key,
 )
-from ..plans.plan import ANONYMOUS
-from ..problems import unavailable
-from .counting import Decision
-from .failover import Failover
-from .limiter import CALLER_STATE_KEY
+from ...plans.plan import ANONYMOUS
+from ...problems import unavailable
+from ..counters.failover import Failover
+from ..rules.applied import LimitSet
+from ..rules.counting import Decision
+from ..rules.limiter import CALLER_STATE_KEY
 from .responses import (
     QuotaHeaders,
     bad_request,
@@ -54,7 +57,6 @@ from .responses import (
     too_many_requests,
     unauthorized,
 )
-from .rules import LimitSet
 from .shedding import LoadShedder
 
 # The route label of failed authentications in metrics and logs.
@@ -68,8 +70,8 @@ def reads_credentials(path: str) -> bool:
     return not (path.startswith(HEALTH_PREFIX) or path == METRICS_PATH)
 
 
-class Identification:
-    """The request's caller, or the response refusing it: 401, 429, 400, or 503."""
+class CallerIdentifier:
+    """The request's caller, or the response refusing it: 401, 403, 429, 400, or 503."""
 
     def __init__(
         self, resolver: CallerResolver, failure_limits: LimitSet, refusal_log: RefusalLog
@@ -77,27 +79,32 @@ class Identification:
         self.resolver = resolver
         self.failure_limits = failure_limits
         self.refusal_log = refusal_log
-        # Set when the app starts (service.py); until then failures are not counted.
+        # Set when the app starts (start()); until then failures are not counted.
         self.failover: Failover | None = None
+
+    def start(self, failover: Failover) -> None:
+        """Count failed authentications from now on, and have the resolver refuse, before any
+        lookup, a key from an address this process already knows is refused."""
+        self.failover = failover
+        self.resolver.screen_address = partial(
+            failover.known_refusal, limit_set=self.failure_limits
+        )
 
     async def __call__(self, scope: Scope) -> Caller | Response:
         path = scope["path"]
         try:
-            raw_key = read_api_key(scope)
-            if raw_key is not None:
-                address = self._address(scope)
-                known = self._remembered_guesser(address)
-                if known is not None:
-                    return self._too_many_failures(scope, address, known)
-            return await self.resolver.resolve(scope, raw_key)
+            return await self.resolver.resolve(scope)
         except InvalidCredentials as exc:
-            return await self._failed(scope, unauthorized(str(exc), path))
+            return await self._failed(scope, exc.address, unauthorized(str(exc), path))
+        except RefusedAddress as exc:
+            assert isinstance(exc.refusal, Decision)  # what Failover.known_refusal answers
+            return self._too_many_failures(scope, exc.address, exc.refusal)
         except BlockedKey as exc:
             return self._blocked(scope, exc)
         except InactivePlan as exc:
             # A real key of a plan the operator turned off: said as it is, and not counted as
             # a failed authentication against the address (the caller guessed nothing).
-            child(RATELIMIT_DECISIONS, exc.plan, AUTHENTICATION, "plan_inactive").inc()
+            labelled(RATELIMIT_DECISIONS, exc.plan, AUTHENTICATION, "plan_inactive").inc()
             detail = f"The plan {exc.plan!r} of this API key is inactive (plan inactive)."
             return forbidden(detail, path)
         except UnusableClientAddress as exc:
@@ -105,24 +112,12 @@ class Identification:
         except Unavailable as exc:
             return unavailable(exc.detail, path, exc.retry_after)
 
-    def _address(self, scope: Scope) -> str | None:
-        try:
-            return self.resolver.address(scope)
-        except UnusableClientAddress:
-            return None
-
-    def _remembered_guesser(self, address: str | None) -> Decision | None:
-        if address is None or self.failover is None:
-            return None
-        return self.failover.remembered(address, self.failure_limits)
-
-    async def _failed(self, scope: Scope, refusal: Response) -> Response:
-        """Count a failed authentication against the client address; 429 past the limit."""
-        address = self._address(scope)
+    async def _failed(self, scope: Scope, address: str | None, refusal: Response) -> Response:
+        """Count a failed authentication against the client `address`; 429 past the limit."""
         if address is None or self.failover is None:
             return refusal
         try:
-            decision = await self.failover.check(address, self.failure_limits)
+            decision = await self.failover.count(address, self.failure_limits)
         except Unavailable:
             return refusal  # Redis away, fail-closed: the 401 still says what is wrong
         if decision.admitted:
@@ -131,7 +126,7 @@ class Identification:
 
     def _blocked(self, scope: Scope, exc: BlockedKey) -> Response:
         plan = exc.caller.plan.name
-        child(RATELIMIT_DECISIONS, plan, AUTHENTICATION, "blocked").inc()
+        labelled(RATELIMIT_DECISIONS, plan, AUTHENTICATION, "blocked").inc()
         summary = {"plan": plan, "route": AUTHENTICATION, "subject": hashed(exc.caller.identity)}
         if not self.refusal_log.refused(
             (exc.caller.identity, "blocked"),
@@ -149,7 +144,7 @@ class Identification:
         return forbidden(f"This API key is blocked: {exc}", scope["path"])
 
     def _too_many_failures(self, scope: Scope, address: str | None, decision: Decision) -> Response:
-        child(RATELIMIT_DECISIONS, ANONYMOUS, AUTHENTICATION, "limited").inc()
+        labelled(RATELIMIT_DECISIONS, ANONYMOUS, AUTHENTICATION, "limited").inc()
         assert decision.binding is not None  # these limits are always enforced
         limit = decision.binding.limit
         subject = address or "ip:unknown"
@@ -193,7 +188,7 @@ class CallerMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        identify: Identification,
+        identify: CallerIdentifier,
         shedder: LoadShedder | None = None,
         unchecked: frozenset[str] = frozenset(),
     ) -> None:
