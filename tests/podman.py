@@ -9,6 +9,7 @@ The build reaches the package index with this machine's CA bundle, mounted into 
 stand-in base points SSL_CERT_FILE at it): the Dockerfile is built as it is.
 """
 
+import fcntl
 import os
 import re
 import resource
@@ -121,7 +122,7 @@ def make_base_tarball(tarball: Path) -> None:
             for path in Path(rootfs, cache).glob("*"):
                 if path.is_file():
                     path.unlink()
-        partial = tarball.with_suffix(".partial")
+        partial = tarball.with_suffix(f".partial-{os.getpid()}")
         with tarfile.open(partial, "w") as tar:
             tar.add(rootfs, arcname=".")
         partial.rename(tarball)
@@ -137,8 +138,12 @@ def ensure_python_base(name: str) -> None:
         pytest.fail(f"no stand-in for {name}: Debian bookworm has Python 3.11", pytrace=False)
     CACHE.mkdir(parents=True, exist_ok=True)
     tarball = CACHE / f"base-{name.replace(':', '-')}.tar"
-    if not tarball.exists():
-        make_base_tarball(tarball)
+    # One maker at a time across test runs (two runs on one machine share the cache): the
+    # second waits for the first's tarball instead of racing it.
+    with open(tarball.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.exists():
+            make_base_tarball(tarball)
     podman(
         "import",
         "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

@@ -189,7 +189,6 @@ def test_each_answer_set_starts_as_its_readme_says(cookies, service_venvs, tmp_p
 class DevRun:
     """What one `<slug> dev` printed and answered."""
 
-    seconds_to_serve: float
     reused_keys: bool  # it said it reused the keys of the run before
     key: str  # the key in the printed request with a key
     answers: dict[str, str]  # output of each printed request: "plain", "loop", "key"
@@ -199,9 +198,7 @@ def dev_run(venv: Path, project: Path, log: Path) -> DevRun:
     """`<slug> dev` from the project's folder with no Redis or database in the environment;
     the requests it printed are run as printed, with bash and curl."""
     command = [str(venv / "bin" / project.name), "dev", "--port", str(free_port()), "--no-reload"]
-    started = time.monotonic()
     with serving(command, project, scrubbed_env(), log) as base_url:
-        seconds = time.monotonic() - started
         printed = [
             line.strip()
             for line in log.read_text().splitlines()
@@ -218,7 +215,7 @@ def dev_run(venv: Path, project: Path, log: Path) -> DevRun:
     assert set(answers) == {"plain", "loop", "key"}, printed
     reused = re.search(r"^Demo keys.*\((new, kept|reused from) ", log.read_text(), re.M)
     assert reused, log.read_text()
-    return DevRun(seconds, reused[1] == "reused from", key, answers)
+    return DevRun(reused[1] == "reused from", key, answers)
 
 
 def test_dev_command_serves_without_redis_or_postgres_and_reuses_its_key(
@@ -228,6 +225,8 @@ def test_dev_command_serves_without_redis_or_postgres_and_reuses_its_key(
     venv = install(service_venv, project)
 
     first = dev_run(venv, project, tmp_path / "first.log")
+    keys_file = project / ".dev-keys.json"
+    written = keys_file.stat().st_mtime_ns
     second = dev_run(venv, project, tmp_path / "second.log")
 
     for done in (first, second):
@@ -242,10 +241,9 @@ def test_dev_command_serves_without_redis_or_postgres_and_reuses_its_key(
 
     assert (first.reused_keys, second.reused_keys) == (False, True)
     assert second.key == first.key, "the second run reuses the demo key"
-    # Nothing to create the second time. Both runs take well under a second, mostly imports
-    # (what the first run adds, migrating and creating keys, is some 30 ms), so: no slower.
-    assert second.seconds_to_serve < first.seconds_to_serve + 0.25, (first, second)
-    keys_file = project / ".dev-keys.json"
+    # Nothing to create the second time: the keys file is read, not written again. (Not timed:
+    # both runs take well under a second, and a busy machine makes any timing comparison lie.)
+    assert keys_file.stat().st_mtime_ns == written, "the second run rewrote .dev-keys.json"
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
     assert json.loads(keys_file.read_text())["pro"] == first.key
     assert list(project.glob("*.sqlite3")), "plans and keys live in an SQLite file in the folder"

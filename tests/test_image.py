@@ -79,6 +79,13 @@ def cli(image: str, project: Path, env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
+def key_of_new_account(image: str, project: Path, env: dict[str, str], plan: str) -> str:
+    """A key of a new account on `plan` (a budget of its own), made with the image's CLI."""
+    account = f"image-{plan}-{uuid.uuid4().hex[:8]}"
+    cli(image, project, env, "accounts", "create", account, "--plan", plan)
+    return cli(image, project, env, "keys", "create", "--account", account).splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def upgraded(image, project, app_env) -> str:
     """`db upgrade` in the container; then the limits these tests count against."""
@@ -318,8 +325,7 @@ def upstreams(log: Path, path: str) -> Counter:
 
 
 def test_one_budget_across_both_containers(image, project, app_env, pair):
-    key = cli(image, project, app_env, "keys", "create", "--plan", "free", "--owner", "image")
-    key = key.splitlines()[-1]
+    key = key_of_new_account(image, project, app_env, "free")
     path = f"/v1/items?budget={RUN_ID}"
     with httpx.Client(timeout=10) as http:
         responses = [
@@ -341,8 +347,7 @@ def test_nginx_terminates_tls_with_the_configured_certificate(pair, certificate)
 
 
 def test_restarting_one_container_under_load_costs_no_5xx(image, project, app_env, pair):
-    key = cli(image, project, app_env, "keys", "create", "--plan", "enterprise", "--owner", "image")
-    key = key.splitlines()[-1]
+    key = key_of_new_account(image, project, app_env, "enterprise")
     statuses: Counter = Counter()
     errors: list[str] = []
     stop = threading.Event()
