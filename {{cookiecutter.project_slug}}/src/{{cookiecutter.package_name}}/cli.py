@@ -16,11 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import dev
 from .database import create_engine, database_url, session_factory
-from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.cache import DATABASE_ERRORS
 from .plans.models import AccountRow, ApiKeyRow, PlanRow
-from .ratelimit import limited_templates
 from .settings import Settings, get_settings, settings_or_exit
 
 
@@ -35,8 +33,10 @@ def _route_limits(pairs: Sequence[str] | None) -> dict[str, str] | None:
         routes[route] = limits
     if routes:
         # A template the app does not have would be stored and never apply (a typo such as
-        # /v1/item): refused, with the ones it has. The app is imported (built), not started.
+        # /v1/item): refused, with the ones it has. The app is imported (built), not started;
+        # only here, as every command would otherwise pay for importing the whole app.
         from .main import app
+        from .ratelimit import limited_templates
 
         known = limited_templates(app)
         # (One not even shaped as a template gets the repository's own message.)
@@ -418,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings_or_exit()
     try:
         if args.handler is None:
+            from .migrations import upgrade_to_head  # Alembic: imported by this command alone
+
             upgrade = upgrade_to_head(database_url(get_settings()))
             if upgrade.applied:
                 print(f"applied {', '.join(upgrade.applied)}")

@@ -16,7 +16,6 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .database import create_engine, database_url, is_embedded, session_factory
-from .migrations import upgrade_to_head
 from .plans import repository
 from .plans.keys import digest_matches, parse_key
 from .plans.plan import ANONYMOUS
@@ -168,6 +167,8 @@ def banner(
 
 
 def main(args: argparse.Namespace) -> int:
+    from .migrations import upgrade_to_head  # Alembic: not imported by the CLI's other commands
+
     settings = embedded_settings()
     upgrade_to_head(database_url(settings))
     keys, changed, to_refusal = asyncio.run(demo_keys(settings))
