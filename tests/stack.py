@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +27,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+def wait_until_200(url: str, stopped: Callable[[], str | None], timeout: float = 60) -> None:
+    """Until `url` answers 200. `stopped()` says why the server waited for is gone (None while
+    it runs): then this fails at once, saying so, instead of waiting out the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode}")
+        if (why := stopped()) is not None:
+            raise RuntimeError(why)
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -38,6 +41,18 @@ def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until `url` answers 200, failing at once if `process` exits (with its stderr if piped)."""
+
+    def stopped() -> str | None:
+        if process.poll() is None:
+            return None
+        stderr = process.stderr.read()[-1500:] if process.stderr else ""
+        return f"{process.args[0]} exited with {process.returncode} {stderr}".rstrip()
+
+    wait_until_200(url, stopped, timeout)
 
 
 def psql(sql: str) -> None:

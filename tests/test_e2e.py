@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -482,10 +483,13 @@ def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(project, ve
             RATELIMIT_OUTAGE_POLICY="fail-open",
             REDIS_RETRY_INTERVAL_SECONDS="0.2",
         ) as stack:
-            # The instances count alone while Redis is away: a couple of extra admissions
-            # per caller are the documented price of fail-open.
+            # The instances count alone while Redis is away: the extra admissions are the
+            # documented price of fail-open, and they are judged below, exactly, against what
+            # the instances decided alone. How many that is depends on how long the outage
+            # lasted, which a busy machine stretches: the verdict's own overshoot check, a fixed
+            # tolerance, is left out (a tolerance no run reaches).
             command = locust_command(
-                stack, tmp_path / "report", "20s", "--overshoot-tolerance", "2"
+                stack, tmp_path / "report", "20s", "--overshoot-tolerance", "100000"
             )
             locust = subprocess.Popen(
                 command,
@@ -500,12 +504,47 @@ def test_locust_verdict_holds_across_a_redis_restart_under_fail_open(project, ve
             server.start()
             output, _ = locust.communicate(timeout=180)
             ready = httpx.get(f"{stack.app_urls[0]}/health/ready")
+            rows = verdict_rows(output)
+            decided_alone = {
+                (plan, route): instance_metric(
+                    stack, "ratelimit_decisions_total", plan=plan, route=route, decision="fallback"
+                )
+                for plan, route in {(row.plan, row.route) for row in rows}
+            }
     finally:
         server.stop()
     print(output[-4000:])
     assert locust.returncode == 0, output[-4000:]
     assert "PASS: the limits held" in output and "answered 5" not in output
     assert ready.status_code == 200  # recovered by itself
+    assert sum(decided_alone.values()) > 0, "no request was decided while Redis was away"
+    # Redis counted exactly before and after the outage: a caller's peak in a window goes past
+    # its quota by at most the requests of its plan and route that the instances decided alone.
+    assert rows and all(
+        row.peak <= row.quota + decided_alone[row.plan, row.route] for row in rows
+    ), (decided_alone, output[-4000:])
+
+
+@dataclass
+class VerdictRow:
+    """One caller, route and quota of the load test's verdict table (loadtests/verdict.py)."""
+
+    plan: str
+    route: str
+    quota: int
+    peak: int
+
+
+def verdict_rows(output: str) -> list[VerdictRow]:
+    """The quota rows of the verdict table: caller, route, policy, quota/window, admitted,
+    refused, peak; the caller is "anonymous" or "<plan>:<account>"."""
+    rows = []
+    for line in output.splitlines():
+        cells = line.split()
+        if len(cells) == 7 and re.fullmatch(r"\d+/\d+s", cells[3]) and cells[6].isdigit():
+            plan = cells[0].partition(":")[0]
+            rows.append(VerdictRow(plan, cells[1], int(cells[3].split("/")[0]), int(cells[6])))
+    return rows
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import pytest
 
 from . import nginx, podman
 from .conftest import TEMPLATE
-from .stack import forget, free_port, psql, stop_processes
+from .stack import forget, free_port, psql, stop_processes, wait_for, wait_until_200
 
 # One worker runs them all (pytest-xdist --dist loadgroup): they share the module's image and
 # containers.
@@ -101,19 +101,15 @@ def upgraded(image, project, app_env) -> str:
 
 def wait_healthy(name: str, url: str, timeout: float = 60) -> None:
     """Until `url` answers 200; failing at once if the container stopped."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def stopped() -> str | None:
         state = podman.podman("inspect", name, "--format", "{{.State.Status}}", check=False)
-        if state.stdout.strip() not in {"running", "created", "configured", "stopping"}:
-            logs = podman.podman("logs", name, check=False)
-            raise AssertionError(f"{name} is {state.stdout.strip()}: {logs.stderr[-1500:]}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{name}: {url} did not answer within {timeout}s")
+        if state.stdout.strip() in {"running", "created", "configured", "stopping"}:
+            return None
+        logs = podman.podman("logs", name, check=False)
+        return f"{name} is {state.stdout.strip()}: {logs.stderr[-1500:]}"
+
+    wait_until_200(url, stopped, timeout)
 
 
 def start_app(image: str, env: dict[str, str], *args: str) -> tuple[str, str]:
@@ -296,7 +292,7 @@ def pair(image, project, upgraded, app_env, certificate, tmp_path_factory) -> It
     assert checked.returncode == 0, checked.stderr
     process = nginx.start(config)
     try:
-        wait_for_nginx(f"http://127.0.0.1:{port}/health/live", process)
+        wait_for(f"http://127.0.0.1:{port}/health/live", process, timeout=30)
         yield {
             "apps": apps,
             "url": f"http://127.0.0.1:{port}",
@@ -306,19 +302,6 @@ def pair(image, project, upgraded, app_env, certificate, tmp_path_factory) -> It
     finally:
         stop_processes([process])
         podman.remove(*(name for name, _ in apps))
-
-
-def wait_for_nginx(url: str, process: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"nginx: {url} did not answer within {timeout}s")
 
 
 def upstreams(log: Path, path: str) -> Counter:

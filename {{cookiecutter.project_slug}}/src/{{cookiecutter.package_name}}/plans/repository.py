@@ -201,6 +201,30 @@ async def create_account(
     return row
 
 
+def _set_own_limits_and_block(
+    row: AccountRow | ApiKeyRow,
+    limits: str | None,
+    route_limits: dict[str, str] | None,
+    *,
+    clear_limits: bool,
+    blocked_reason: str | None,
+    unblock: bool,
+) -> None:
+    """What accounts and keys both hold: their own limits (cleared first, then set) and a block."""
+    if clear_limits:
+        row.limits, row.route_limits = None, None
+    if limits is not None:
+        parse_limits(limits)
+        row.limits = limits
+    if route_limits is not None:
+        parse_route_limits(route_limits)
+        row.route_limits = route_limits or None
+    if unblock:
+        row.blocked_reason = None
+    if blocked_reason is not None:
+        row.blocked_reason = _reason(blocked_reason)
+
+
 async def update_account(
     session: AsyncSession,
     name: str,
@@ -218,18 +242,14 @@ async def update_account(
     row = await get_account(session, name)
     if plan_name is not None:
         row.plan = await _subscribable_plan(session, plan_name)
-    if clear_limits:
-        row.limits, row.route_limits = None, None
-    if limits is not None:
-        parse_limits(limits)
-        row.limits = limits
-    if route_limits is not None:
-        parse_route_limits(route_limits)
-        row.route_limits = route_limits or None
-    if unblock:
-        row.blocked_reason = None
-    if blocked_reason is not None:
-        row.blocked_reason = _reason(blocked_reason)
+    _set_own_limits_and_block(
+        row,
+        limits,
+        route_limits,
+        clear_limits=clear_limits,
+        blocked_reason=blocked_reason,
+        unblock=unblock,
+    )
     if new_name is not None and new_name != name:
         _account_name(new_name)
         if await find_account(session, new_name) is not None:
@@ -299,18 +319,14 @@ async def update_key(
     row = await find_key(session, public_id)
     if row is None:
         raise NotFound(f"no API key with id {public_id!r}")
-    if clear_limits:
-        row.limits, row.route_limits = None, None
-    if limits is not None:
-        parse_limits(limits)
-        row.limits = limits
-    if route_limits is not None:
-        parse_route_limits(route_limits)
-        row.route_limits = route_limits or None
-    if unblock:
-        row.blocked_reason = None
-    if blocked_reason is not None:
-        row.blocked_reason = _reason(blocked_reason)
+    _set_own_limits_and_block(
+        row,
+        limits,
+        route_limits,
+        clear_limits=clear_limits,
+        blocked_reason=blocked_reason,
+        unblock=unblock,
+    )
     await session.flush()
     return row
 
