@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -59,6 +60,21 @@ async def test_two_instances_share_the_slots(make_settings, database_url):
     assert sorted(r.status_code for r in responses) == [200] * IN_FLIGHT + [429] * 4
 
 
+async def statuses_within(
+    attempt: Callable[[], Awaitable[list[int]]], wanted: list[int], seconds: float = 5
+) -> list[int]:
+    """The statuses `attempt()` answers once they are `wanted`, or its last ones after
+    `seconds`. A slot is given back a moment after the client saw its response end (the
+    server's own Redis call, after the last byte), so a test asks again rather than once and
+    hoping; 5 s stay far below the 30 s lease that would free the slot anyway."""
+    deadline = time.monotonic() + seconds
+    statuses = await attempt()
+    while statuses != wanted and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        statuses = await attempt()
+    return statuses
+
+
 def start_slow_app(start_uvicorn, redis_url, key_prefix, database_url, **env: str) -> str:
     return start_uvicorn(
         "tests.slow_app:app",
@@ -82,7 +98,11 @@ async def test_a_streaming_response_holds_its_slot_until_its_last_byte(
         for stream, response in zip(streams, opened, strict=True):
             assert len(await response.aread()) == 5 * 1024
             await stream.__aexit__(None, None, None)
-        assert (await client.get(f"{server}/slow-stream?chunks=1")).status_code == 200
+
+        async def one() -> list[int]:
+            return [(await client.get(f"{server}/slow-stream?chunks=1")).status_code]
+
+        assert await statuses_within(one, [200]) == [200]
 
 
 async def test_a_client_that_goes_away_frees_its_slot(
@@ -96,11 +116,15 @@ async def test_a_client_that_goes_away_frees_its_slot(
                 assert response.status_code == 200
                 async for _ in response.aiter_bytes():
                     break
-        await asyncio.sleep(0.5)  # the server notices on its next write
-        again = await asyncio.gather(
-            *(client.get(f"{server}/slow?seconds=0.2") for _ in range(IN_FLIGHT))
-        )
-    assert [r.status_code for r in again] == [200] * IN_FLIGHT
+
+        async def all_at_once() -> list[int]:  # the server notices on its next write
+            answers = await asyncio.gather(
+                *(client.get(f"{server}/slow?seconds=0.2") for _ in range(IN_FLIGHT))
+            )
+            return [answer.status_code for answer in answers]
+
+        again = await statuses_within(all_at_once, [200] * IN_FLIGHT)
+    assert again == [200] * IN_FLIGHT
 
 
 async def test_n_in_flight_across_two_processes_and_none_leaked_after_kill_9(
@@ -123,7 +147,7 @@ async def test_n_in_flight_across_two_processes_and_none_leaked_after_kill_9(
         held = [
             asyncio.ensure_future(client.get(f"{victim}/slow?seconds=60")) for _ in range(IN_FLIGHT)
         ]
-        await asyncio.sleep(0.5)
+        await wait_for_slots(redis_url, key_prefix, IN_FLIGHT, "the held requests' slots")
         assert (await client.get(f"{servers[1]}/slow?seconds=0")).status_code == 429
         os.kill(start_uvicorn.processes[victim].pid, signal.SIGKILL)
         await asyncio.gather(*held, return_exceptions=True)
