@@ -152,11 +152,15 @@ async def _subscribable_plan(session: AsyncSession, plan_name: str) -> PlanRow:
     """The plan of this name, refused where its keys could not be served."""
     if plan_name == ANONYMOUS:
         raise ValueError("accounts cannot be on the anonymous plan")
-    plan = await get_plan(session, plan_name)
+    return _active(await get_plan(session, plan_name))
+
+
+def _active(plan: PlanRow) -> PlanRow:
+    """`plan`, refused when inactive: a key on it would only get 403s."""
     if not plan.is_active:
         raise ValueError(
-            f"plan {plan_name!r} is inactive: its keys would be refused (403); "
-            f"activate it first (plans update {plan_name} --activate)"
+            f"plan {plan.name!r} is inactive: its keys would be refused (403); "
+            f"activate it first (plans update {plan.name} --activate)"
         )
     return plan
 
@@ -265,11 +269,7 @@ async def create_key(
     """A new key of `account_name`, held by `owner` (a person or a service; the account's name
     by default). The key is returned once and never stored."""
     account = await get_account(session, account_name)
-    if not account.plan.is_active:
-        raise ValueError(
-            f"plan {account.plan.name!r} is inactive: its keys would be refused (403); "
-            f"activate it first (plans update {account.plan.name} --activate)"
-        )
+    _active(account.plan)
     owner = account.name if owner is None else owner
     if not owner.strip() or len(owner) > 200:
         raise ValueError("the owner must be 1 to 200 characters, not blank")
