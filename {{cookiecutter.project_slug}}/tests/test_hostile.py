@@ -97,11 +97,14 @@ async def test_a_cached_plan_keeps_its_last_good_limits_when_its_row_goes_bad(
     assert after.headers["x-ratelimit-remaining"] == "2"
 
 
+@pytest.mark.parametrize("storage", ["redis", "memory"])
 async def test_failed_authentications_are_limited_per_address_before_any_database_work(
-    make_settings, database_url
+    make_settings, database_url, storage
 ):
-    valid = await create_key(database_url, "pro")
-    settings = make_settings(auth_failure_limit="5/minute")
+    valid, cached = await create_key(database_url, "pro"), await create_key(database_url, "pro")
+    settings = make_settings(
+        auth_failure_limit="5/minute", **({"redis_url": None} if storage == "memory" else {})
+    )
     async with running_client(settings, client_ip="203.0.113.66") as guesser:
 
         async def guess() -> object:
@@ -111,20 +114,26 @@ async def test_failed_authentications_are_limited_per_address_before_any_databas
             scraped = (await guesser.get("/metrics")).text
             return metric(scraped, "plan_cache_lookups_total", result="miss")
 
+        before = await guesser.get("/v1/items", headers={"X-API-Key": cached})
         failures = [await guess() for _ in range(6)]
         misses = await lookups()
         later = [await guess() for _ in range(20)]
         with_a_valid_key = await guesser.get("/v1/items", headers={"X-API-Key": valid})
+        with_a_cached_key = await guesser.get("/v1/items", headers={"X-API-Key": cached})
         misses_after = await lookups()
     async with running_client(settings, client_ip="203.0.113.67") as other:
         elsewhere = await other.get("/v1/items", headers={"X-API-Key": unknown_key()})
+    assert before.status_code == 200
     assert [r.status_code for r in failures] == [401] * 5 + [429]
     refused = failures[-1]
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["policy"] == "auth-failures"
     assert int(refused.headers["retry-after"]) >= 1
     assert refused.headers["ratelimit-policy"] == '"auth-failures";q=5;w=60'
-    assert {r.status_code for r in later} == {429} and with_a_valid_key.status_code == 429
+    assert {r.status_code for r in later} == {429}
+    # Every key from the refused address, valid or not, looked up before or not.
+    assert with_a_valid_key.status_code == 429 and with_a_cached_key.status_code == 429
+    assert with_a_valid_key.json()["policy"] == "auth-failures"
     assert misses_after == misses  # refused before the key was looked up
     assert elsewhere.status_code == 401  # another address has its own budget
 

@@ -7,7 +7,11 @@ from limits import parse
 
 from {{ cookiecutter.package_name }}.ratelimit.counters.redis_counter import script_args
 from {{ cookiecutter.package_name }}.ratelimit.rules.applied import AppliedLimit, LimitSet
-from {{ cookiecutter.package_name }}.ratelimit.rules.counting import Decision, LimitResult
+from {{ cookiecutter.package_name }}.ratelimit.rules.counting import (
+    Decision,
+    LimitResult,
+    refused_until,
+)
 
 
 def limit(text: str, policy: str, **flags: bool) -> AppliedLimit:
@@ -70,3 +74,19 @@ def test_check_luas_arguments_encode_each_limit_once_per_set():
     # n, then amount, window seconds, cost, flags (1 shadow, 2 concurrency) for each limit.
     assert script_args(limit_set) == (3, 10, 60, 1, 0, 5, 60, 1, 1, 3, 1, 1, 2)
     assert script_args(limit_set) is script_args(limit_set)  # worked out once, then kept
+
+
+def test_a_refusal_stands_until_the_last_refusing_window_frees_capacity():
+    minute, hour, day = limit("10/minute", "m"), limit("50/hour", "h"), limit("1000/day", "d")
+    refused = (result(minute, False, 0, 30), result(hour, False, 0, 900), result(day, True, 9, 5))
+    until = refused_until(refused)
+    assert until is not None and 899 < until - time.time() <= 900  # the hour's, not the day's
+    assert refused_until((result(minute, True, 3, 30),)) is None  # admitted: nothing to stand
+
+
+def test_no_refusal_stands_where_a_slot_or_a_shadow_limit_refused():
+    slots, minute = limit("2/minute", "c", concurrent=True), limit("10/minute", "m")
+    shadow = limit("5/minute", "s", shadow=True)
+    # a slot can free up any moment, and a shadow limit refuses nothing
+    assert refused_until((result(slots, False, 0, 1), result(minute, False, 0, 30))) is None
+    assert refused_until((result(shadow, False, 0, 30), result(minute, True, 4, 30))) is None

@@ -25,10 +25,10 @@ async def test_a_limit_is_admitted_exactly_then_refused(strategy):
     limits = limit_set("5/minute")
     admitted = []
     for _ in range(7):
-        results, _ = await counter.evaluate("ip:203.0.113.1", limits)
-        admitted.append(results[0].allowed)
+        counted = await counter.evaluate("ip:203.0.113.1", limits)
+        admitted.append(counted.results[0].allowed)
     assert admitted == [True] * 5 + [False] * 2
-    (other,), _ = await counter.evaluate("ip:203.0.113.2", limits)  # another caller's own budget
+    (other,) = (await counter.evaluate("ip:203.0.113.2", limits)).results  # its own budget
     assert other.allowed
 
 
@@ -38,8 +38,8 @@ async def test_a_request_refused_by_one_limit_spends_none_of_the_others(strategy
     tight, loose = limit_set("2/minute"), limit_set("2/minute", "10/minute")
     for _ in range(2):
         await counter.evaluate("ip:203.0.113.3", tight)
-    results, _ = await counter.evaluate("ip:203.0.113.3", loose)  # refused by the 2/minute
-    assert [r.allowed for r in results] == [False, True]
+    counted = await counter.evaluate("ip:203.0.113.3", loose)  # refused by the 2/minute
+    assert [r.allowed for r in counted.results] == [False, True]
     peeked = await counter.peek("ip:203.0.113.3", loose)
     assert peeked[1].remaining == 10  # the 10/minute spent nothing
 
@@ -51,5 +51,5 @@ async def test_a_peek_spends_nothing(strategy):
     for _ in range(3):
         (peeked,) = await counter.peek("ip:203.0.113.4", limits)
         assert peeked.remaining == 3
-    (first,), _ = await counter.evaluate("ip:203.0.113.4", limits)
+    (first,) = (await counter.evaluate("ip:203.0.113.4", limits)).results
     assert first.allowed and first.remaining == 2

@@ -1,7 +1,7 @@
 """Who is calling: from a request's credentials (or its client address) to a Caller, whose
 identity limits are counted against and whose plan's limits apply."""
 
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv6Address, ip_address, ip_network
@@ -118,16 +118,54 @@ def address_identity(host: str, ipv6_prefix_length: int) -> str | None:
     return f"ip:{address}"
 
 
+class RefusedAddresses:
+    """The client addresses this process refused for failed authentications, each until its
+    refusal ends: a key from one of them is refused before it is looked up, so guessing costs
+    no database work. Told by the limiter, which counts the failures (ratelimit/http/
+    middleware.py); what another instance refused, this one learns at the address's next
+    failure here."""
+
+    # Addresses kept at most; past it the expired ones go, then (a flood from that many
+    # addresses) all of them: memory stays bounded, and a forgotten address is refused again
+    # at its next failed authentication.
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self) -> None:
+        # address -> (monotonic time its refusal ends, the refusal to answer until then)
+        self._refused: dict[str, tuple[float, object]] = {}
+
+    def __len__(self) -> int:
+        return len(self._refused)
+
+    def refuse(self, address: str, refusal: object, seconds: float) -> None:
+        """Refuse `address` for `seconds` more, with `refusal` (what answered its last failure)."""
+        now = time.monotonic()
+        if len(self._refused) >= self.MAX_ADDRESSES:
+            self._refused = {a: known for a, known in self._refused.items() if known[0] > now}
+            if len(self._refused) >= self.MAX_ADDRESSES:
+                self._refused.clear()
+        self._refused[address] = (now + seconds, refusal)
+
+    def refusal(self, address: str) -> object | None:
+        """The refusal `address` still gets, or None."""
+        if not self._refused:  # the common case: nobody refused lately
+            return None
+        known = self._refused.get(address)
+        if known is None:
+            return None
+        if known[0] > time.monotonic():
+            return known[1]
+        del self._refused[address]
+        return None
+
+
 class CallerResolver:
     """Resolves a request's caller through the plan cache: no database query in steady state."""
 
     def __init__(self, cache: PlanCache, ipv6_prefix_length: int = 64) -> None:
         self.cache = cache
         self.ipv6_prefix_length = ipv6_prefix_length
-        # What this process already knows of an address that failed too many authentications:
-        # a refusal, or None. Set by the limiter when the app starts (ratelimit/service.py), so
-        # a guesser's key is refused before it is looked up: guessing costs no database work.
-        self.screen_address: Callable[[str], object | None] | None = None
+        self.refused_addresses = RefusedAddresses()
 
     def address(self, scope: Scope) -> str:
         """The identity of the request's client address; raises UnusableClientAddress."""
@@ -166,8 +204,8 @@ class CallerResolver:
                 assert unusable is not None
                 raise unusable
             return Caller(identity=address, plan=plan)
-        if address is not None and self.screen_address is not None:
-            refusal = self.screen_address(address)
+        if address is not None:
+            refusal = self.refused_addresses.refusal(address)
             if refusal is not None:
                 raise RefusedAddress(address, refusal)
         parsed = parse_key(raw_key)

@@ -66,31 +66,29 @@ class Failover:
         self._logged_errors: dict[tuple[AppliedLimit, ...], float] = {}
         RATELIMIT_STORAGE_UP.set(1 if isinstance(counter, RedisCounter) else 0)
 
-    def known_refusal(self, identity: str, limit_set: LimitSet) -> Decision | None:
-        """A refusal known in this process (the storage could only refuse again), or None."""
-        known = self._primary.known_refusal(identity, limit_set)
-        return None if known is None else Decision(limit_set, known)
-
     async def count(self, identity: str, limit_set: LimitSet) -> Decision:
         """Count one request of `identity` against `limit_set` (the counter bounds its time);
         raises Unavailable where the outage policy is fail-closed and Redis cannot count it."""
-        known = self.known_refusal(identity, limit_set)
-        if known is not None:  # answered without the storage: says nothing of its health
-            return known
         now = time.monotonic()
-        if not self._outage.skips(now):
+        if self._outage.skips(now):
+            # Redis is left alone, but what it refused lately it would refuse still.
+            known = self._primary.known_refusal(identity, limit_set)
+            if known is not None:
+                return Decision(limit_set, known)
+        else:
             try:
-                results, slots = await self._primary.evaluate(identity, limit_set)
+                counted = await self._primary.evaluate(identity, limit_set)
             except STORAGE_ERRORS as exc:
                 if self._failed(exc, now, limit_set) and self._closed:
                     raise self._misconfigured() from None
             else:
-                self._answered()
-                return Decision(limit_set, results, slots=slots)
+                if not counted.remembered:  # a refusal answered from memory: Redis not asked
+                    self._answered()
+                return Decision(limit_set, counted.results, slots=counted.slots)
         if self._closed:
             raise self._unavailable()
-        results, slots = await self._fallback.evaluate(identity, limit_set)
-        return Decision(limit_set, results, fallback=True, slots=slots)
+        counted = await self._fallback.evaluate(identity, limit_set)
+        return Decision(limit_set, counted.results, fallback=True, slots=counted.slots)
 
     async def release(self, slots: Slots) -> None:
         """Give back a finished request's concurrency slots, in the counter that gave them.

@@ -14,7 +14,7 @@ from limits.aio.strategies import (
 
 from ...settings import STRATEGIES, Strategy
 from ..rules.applied import AppliedLimit, LimitSet
-from ..rules.counting import Held, LimitResult, Slots
+from ..rules.counting import Count, Held, LimitResult, Slots
 
 # The `limits` strategy counting each algorithm in memory; GCRA is MemoryGcra, below.
 MEMORY_STRATEGIES: dict[Strategy, type[RateLimiter]] = {
@@ -91,9 +91,7 @@ class MemoryCounter:
     def known_refusal(self, identity: str, limit_set: LimitSet) -> None:
         return None  # counted here already: nothing to spare
 
-    async def evaluate(
-        self, identity: str, limit_set: LimitSet
-    ) -> tuple[tuple[LimitResult, ...], Slots | None]:
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> Count:
         """All or nothing, like check.lua: a request refused by one limit spends none of the
         others, so every limit is tested before any is hit. Not atomic as the script is: memory
         storage does no I/O, but its expiry task can hold a key's lock for a moment, and a
@@ -114,7 +112,7 @@ class MemoryCounter:
                         limit.item, subject, *limit.namespace, cost=limit.cost
                     )
         held = Slots(self, self._slots.take(slots)) if slots else None
-        return await self._results(identity, limits, allowed), held
+        return Count(await self._results(identity, limits, allowed), held)
 
     async def release(self, held: Held) -> None:
         await self._slots.release(held)
@@ -169,9 +167,7 @@ class MemoryGcra:
     def known_refusal(self, identity: str, limit_set: LimitSet) -> None:
         return None  # counted here already: nothing to spare
 
-    async def evaluate(
-        self, identity: str, limit_set: LimitSet
-    ) -> tuple[tuple[LimitResult, ...], Slots | None]:
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> Count:
         now, wall = time.monotonic(), time.time()
         planned = []
         for limit in limit_set.limits:
@@ -210,7 +206,7 @@ class MemoryGcra:
                 LimitResult(limit, allowed, max(limit.item.amount - in_use - spent, 0), reset_at)
             )
         held = Slots(self, self._slots.take(slots)) if slots else None
-        return tuple(results), held
+        return Count(tuple(results), held)
 
     async def release(self, held: Held) -> None:
         await self._slots.release(held)

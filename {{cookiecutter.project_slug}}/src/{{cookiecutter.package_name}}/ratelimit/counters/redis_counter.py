@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from ...settings import Strategy
 from ..rules.applied import AppliedLimit, LimitSet
-from ..rules.counting import Held, LimitResult, Slots
+from ..rules.counting import Count, Held, LimitResult, Slots, refused_until
 from .storage import RedisClient, ScriptExpired, ScriptRunner
 
 CHECK_SCRIPT = files(__package__).joinpath("check.lua").read_text()
@@ -52,8 +52,9 @@ class RedisCounter:
 
     A refusal is also remembered locally until the limit frees capacity (the reset time the
     script returned): until then Redis could only refuse again, since other instances can
-    only add hits, so a flood over the limit is answered without a Redis call. (Not a
-    refusal by a concurrency limit: a slot can free up any moment.)
+    only add hits, so a flood over the limit is answered without a Redis call (evaluate()
+    says so, `remembered`: such an answer says nothing of Redis's health). Not a refusal by a
+    concurrency limit: a slot can free up any moment.
 
     Concurrency slots are leased: each expires `lease` seconds after it was taken or last
     renewed, and keep_leases() renews the slots of this process's requests in flight, so a
@@ -128,9 +129,10 @@ class RedisCounter:
             return known[1]
         return None
 
-    async def evaluate(
-        self, identity: str, limit_set: LimitSet
-    ) -> tuple[tuple[LimitResult, ...], Slots | None]:
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> Count:
+        known = self.known_refusal(identity, limit_set)
+        if known is not None:  # Redis could only refuse it again: no call
+            return Count(known, remembered=True)
         nonce = self._nonce_prefix + str(next(self._sequence))
         try:
             keys, results, admitted = await self._check(identity, limit_set, nonce)
@@ -141,10 +143,9 @@ class RedisCounter:
                 # lease. Members are named by the nonce, so this needs no answer.
                 self._release_lost(identity, limit_set, nonce)
             raise
-        refused = [result for result in results if not result.allowed and not result.limit.shadow]
-        if refused and not any(result.limit.concurrent for result in refused):
+        until = None if admitted else refused_until(results)
+        if until is not None:
             wall, clock = time.time(), time.monotonic()
-            until = max(result.reset_at for result in refused)
             if until > wall:
                 signature: tuple[str | int, ...] = (*keys, *script_args(limit_set))
                 self._remember_refusal(signature, clock + until - wall, results)
@@ -158,7 +159,7 @@ class RedisCounter:
             if held:
                 self._in_flight.update(held)
                 slots = Slots(self, held)
-        return results, slots
+        return Count(results, slots)
 
     async def release(self, held: Held) -> None:
         self._in_flight.difference_update(held)

@@ -10,9 +10,9 @@ credentials, and whether or not the database is up. The caller is left in the re
 for the check (route.py).
 
 Failed authentications are counted per client address (AUTH_FAILURE_LIMIT): past it, the
-address gets 429 instead of 401, and once this instance knows the address is refused, a
-request carrying a key is refused before its key is looked up, so guessing costs no database
-work. (Counted in memory, without Redis, the refusal comes after the lookup.)
+address gets 429 instead of 401, and once this instance has refused the address, a request
+carrying a key is refused before its key is looked up (plans/caller.py, RefusedAddresses), until
+the refusal ends: guessing costs no database work.
 
 Under overload, a resolved caller of a low plan priority gets 503 here (shedding.py), before
 routing: a shed request spends no quota and never runs its endpoint.
@@ -20,7 +20,7 @@ routing: a shed request spends no quota and never runs its endpoint.
 No wrapped `send` here: the quota headers are added by the request context middleware.
 """
 
-from functools import partial
+import time
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,7 +48,7 @@ from ...plans.plan import ANONYMOUS
 from ...problems import unavailable
 from ..counters.failover import Failover
 from ..rules.applied import LimitSet
-from ..rules.counting import Decision
+from ..rules.counting import Decision, refused_until
 from ..rules.limiter import CALLER_STATE_KEY
 from .responses import (
     QuotaHeaders,
@@ -83,12 +83,8 @@ class CallerIdentifier:
         self.failover: Failover | None = None
 
     def start(self, failover: Failover) -> None:
-        """Count failed authentications from now on, and have the resolver refuse, before any
-        lookup, a key from an address this process already knows is refused."""
+        """Count failed authentications from now on."""
         self.failover = failover
-        self.resolver.screen_address = partial(
-            failover.known_refusal, limit_set=self.failure_limits
-        )
 
     async def __call__(self, scope: Scope) -> Caller | Response:
         path = scope["path"]
@@ -97,7 +93,7 @@ class CallerIdentifier:
         except InvalidCredentials as exc:
             return await self._failed(scope, exc.address, unauthorized(str(exc), path))
         except RefusedAddress as exc:
-            assert isinstance(exc.refusal, Decision)  # what Failover.known_refusal answers
+            assert isinstance(exc.refusal, Decision)  # what _failed() told the resolver
             return self._too_many_failures(scope, exc.address, exc.refusal)
         except BlockedKey as exc:
             return self._blocked(scope, exc)
@@ -122,6 +118,9 @@ class CallerIdentifier:
             return refusal  # Redis away, fail-closed: the 401 still says what is wrong
         if decision.admitted:
             return refusal
+        until = refused_until(decision.results)
+        if until is not None:  # from now on, refused before its keys are looked up
+            self.resolver.refused_addresses.refuse(address, decision, until - time.time())
         return self._too_many_failures(scope, address, decision)
 
     def _blocked(self, scope: Scope, exc: BlockedKey) -> Response:

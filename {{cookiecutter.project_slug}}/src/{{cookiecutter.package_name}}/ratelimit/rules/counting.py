@@ -12,6 +12,7 @@ except for GCRA, which it lacks. The Redis connection and how calls travel are
 counters/storage.py's.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +40,29 @@ class Slots:
 
     async def release(self) -> None:
         await self.counter.release(self.held)
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """What a counter answered for one request: each limit's result, and the concurrency slots
+    it took (when admitted and the set has some)."""
+
+    results: tuple[LimitResult, ...]
+    slots: Slots | None = None
+    # True when the counter answered from a refusal it remembers, without asking its storage:
+    # the answer says nothing of the storage's health.
+    remembered: bool = False
+
+
+def refused_until(results: Iterable[LimitResult]) -> float | None:
+    """Until when (epoch seconds) a request refused with these results would be refused again,
+    whatever other callers or instances do meanwhile (they can only add hits): the latest reset
+    of the enforced limits that refused it. None when none refused it, or a concurrency limit
+    did (a slot can free up any moment)."""
+    refused = [result for result in results if not result.allowed and not result.limit.shadow]
+    if not refused or any(result.limit.concurrent for result in refused):
+        return None
+    return max(result.reset_at for result in refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +104,8 @@ class Decision:
 
 
 class HitCounter(Protocol):
-    async def evaluate(
-        self, identity: str, limit_set: LimitSet
-    ) -> tuple[tuple[LimitResult, ...], Slots | None]:
-        """Count one request of the caller `identity` against every limit of the set: the
-        results, and the concurrency slots it took (when admitted and the set has some)."""
+    async def evaluate(self, identity: str, limit_set: LimitSet) -> Count:
+        """Count one request of the caller `identity` against every limit of the set."""
         ...
 
     async def release(self, held: Held) -> None:
@@ -92,7 +113,8 @@ class HitCounter(Protocol):
         ...
 
     def known_refusal(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...] | None:
-        """A refusal of this request known in this process, without asking the storage."""
+        """A refusal of this request known in this process, without asking the storage (which
+        evaluate() answers by itself: this is for when the storage is left alone)."""
         ...
 
     async def peek(self, identity: str, limit_set: LimitSet) -> tuple[LimitResult, ...]:

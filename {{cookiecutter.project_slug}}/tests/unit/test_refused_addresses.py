@@ -1,0 +1,30 @@
+"""The addresses this process refused for failed authentications: each refused until its
+refusal ends, then served again, in bounded memory. Pure: `pytest tests/unit` needs no service."""
+
+import time
+
+from {{ cookiecutter.package_name }}.plans.caller import RefusedAddresses
+
+
+def test_an_address_is_refused_until_its_refusal_ends_and_no_longer():
+    refused = RefusedAddresses()
+    assert refused.refusal("ip:203.0.113.5") is None
+    refused.refuse("ip:203.0.113.5", "429 auth-failures", seconds=0.2)
+    assert refused.refusal("ip:203.0.113.5") == "429 auth-failures"
+    assert refused.refusal("ip:203.0.113.6") is None  # another address: its own count
+    time.sleep(0.25)
+    assert refused.refusal("ip:203.0.113.5") is None
+
+
+def test_a_flood_of_refused_addresses_keeps_memory_bounded_and_the_live_refusals():
+    refused = RefusedAddresses()
+    refused.MAX_ADDRESSES = 100
+    for n in range(99):
+        refused.refuse(f"ip:198.51.100.{n}", "gone", seconds=-1)  # already ended
+    refused.refuse("ip:203.0.113.5", "live", seconds=60)
+    refused.refuse("ip:203.0.113.6", "live too", seconds=60)  # the 101st: the ended ones go
+    assert len(refused) == 2
+    assert refused.refusal("ip:203.0.113.5") == "live"
+    for n in range(200):  # that many live refusals: all forgotten, memory first
+        refused.refuse(f"ip:192.0.2.{n}", "live", seconds=60)
+    assert len(refused) <= 100
