@@ -138,6 +138,26 @@ async def test_failed_authentications_are_limited_per_address_before_any_databas
     assert elsewhere.status_code == 401  # another address has its own budget
 
 
+@pytest.mark.parametrize("storage", ["redis", "memory"])
+async def test_a_refused_address_is_served_again_once_its_refusal_ends(
+    make_settings, database_url, storage
+):
+    valid = await create_key(database_url, "pro")
+    settings = make_settings(
+        auth_failure_limit="2/2 seconds", **({"redis_url": None} if storage == "memory" else {})
+    )
+    async with running_client(settings, client_ip="203.0.113.68") as client:
+        failures = [
+            await client.get("/v1/items", headers={"X-API-Key": unknown_key()}) for _ in range(3)
+        ]
+        refused = await client.get("/v1/items", headers={"X-API-Key": valid})
+        await asyncio.sleep(float(refused.headers["retry-after"]) + 0.2)
+        served = await client.get("/v1/items", headers={"X-API-Key": valid})
+    assert [r.status_code for r in failures] == [401, 401, 429]
+    assert refused.status_code == 429 and refused.json()["policy"] == "auth-failures"
+    assert served.status_code == 200  # the screen ends with the refusal, not later
+
+
 def unknown_key() -> str:
     """A well-formed key no one was given: its id is looked up, and not found."""
     return f"sk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"

@@ -9,11 +9,13 @@ from {{ cookiecutter.package_name }}.plans.caller import RefusedAddresses
 def test_an_address_is_refused_until_its_refusal_ends_and_no_longer():
     refused = RefusedAddresses()
     assert refused.refusal("ip:203.0.113.5") is None
-    refused.refuse("ip:203.0.113.5", "429 auth-failures", seconds=0.2)
+    refused.refuse("ip:203.0.113.5", "429 auth-failures", seconds=60)
+    refused.refuse("ip:203.0.113.7", "429 briefly", seconds=0.05)
     assert refused.refusal("ip:203.0.113.5") == "429 auth-failures"
     assert refused.refusal("ip:203.0.113.6") is None  # another address: its own count
-    time.sleep(0.25)
-    assert refused.refusal("ip:203.0.113.5") is None
+    time.sleep(0.1)
+    assert refused.refusal("ip:203.0.113.7") is None  # its refusal ended
+    assert refused.refusal("ip:203.0.113.5") == "429 auth-failures"
 
 
 def test_a_flood_of_refused_addresses_keeps_memory_bounded_and_the_live_refusals():
@@ -25,6 +27,10 @@ def test_a_flood_of_refused_addresses_keeps_memory_bounded_and_the_live_refusals
     refused.refuse("ip:203.0.113.6", "live too", seconds=60)  # the 101st: the ended ones go
     assert len(refused) == 2
     assert refused.refusal("ip:203.0.113.5") == "live"
-    for n in range(200):  # that many live refusals: all forgotten, memory first
+    for n in range(98):
         refused.refuse(f"ip:192.0.2.{n}", "live", seconds=60)
+    refused.refuse("ip:203.0.113.5", "again", seconds=60)  # a full table: refreshed in place
+    assert len(refused) == 100 and refused.refusal("ip:192.0.2.0") == "live"
+    for n in range(200):  # that many live refusals: all forgotten, memory first
+        refused.refuse(f"ip:192.0.2.{n + 100}", "live", seconds=60)
     assert len(refused) <= 100

@@ -35,7 +35,8 @@ class InvalidCredentials(Exception):
 
 class RefusedAddress(Exception):
     """The request carries a key from an address already refused for failed authentications
-    (429): `refusal` is what the screen said of it. The key was not looked up."""
+    (429): `refusal` is what refused its last failure (RefusedAddresses). The key was not
+    looked up."""
 
     def __init__(self, address: str, refusal: object) -> None:
         super().__init__(address)
@@ -140,7 +141,7 @@ class RefusedAddresses:
     def refuse(self, address: str, refusal: object, seconds: float) -> None:
         """Refuse `address` for `seconds` more, with `refusal` (what answered its last failure)."""
         now = time.monotonic()
-        if len(self._refused) >= self.MAX_ADDRESSES:
+        if address not in self._refused and len(self._refused) >= self.MAX_ADDRESSES:
             self._refused = {a: known for a, known in self._refused.items() if known[0] > now}
             if len(self._refused) >= self.MAX_ADDRESSES:
                 self._refused.clear()

@@ -118,9 +118,9 @@ class CallerIdentifier:
             return refusal  # Redis away, fail-closed: the 401 still says what is wrong
         if decision.admitted:
             return refusal
-        until = refused_until(decision.results)
-        if until is not None:  # from now on, refused before its keys are looked up
-            self.resolver.refused_addresses.refuse(address, decision, until - time.time())
+        until, now = refused_until(decision.results), time.time()
+        if until is not None and until > now:  # until then, refused before any key lookup
+            self.resolver.refused_addresses.refuse(address, decision, until - now)
         return self._too_many_failures(scope, address, decision)
 
     def _blocked(self, scope: Scope, exc: BlockedKey) -> Response:
