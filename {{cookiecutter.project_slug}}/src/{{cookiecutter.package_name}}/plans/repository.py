@@ -61,6 +61,13 @@ async def find_key(session: AsyncSession, public_id: str) -> ApiKeyRow | None:
     return await session.scalar(select(ApiKeyRow).where(ApiKeyRow.public_id == public_id))
 
 
+async def get_key(session: AsyncSession, public_id: str) -> ApiKeyRow:
+    row = await find_key(session, public_id)
+    if row is None:
+        raise NotFound(f"no API key with id {public_id!r}")
+    return row
+
+
 async def find_plan(session: AsyncSession, name: str) -> PlanRow | None:
     return await session.scalar(select(PlanRow).where(PlanRow.name == name))
 
@@ -295,9 +302,7 @@ async def list_keys(
 
 
 async def revoke_key(session: AsyncSession, public_id: str) -> ApiKeyRow:
-    row = await find_key(session, public_id)
-    if row is None:
-        raise NotFound(f"no API key with id {public_id!r}")
+    row = await get_key(session, public_id)
     if row.revoked_at is None:
         row.revoked_at = datetime.now(UTC)
         await session.flush()
@@ -316,9 +321,7 @@ async def update_key(
     """Give a key its own limits (of every route, or per route; counted for the key alone, on top
     of its account's), clear them, block or unblock it.
     Takes effect on every instance within PLAN_CACHE_TTL_SECONDS."""
-    row = await find_key(session, public_id)
-    if row is None:
-        raise NotFound(f"no API key with id {public_id!r}")
+    row = await get_key(session, public_id)
     _set_own_limits_and_block(
         row,
         limits,
