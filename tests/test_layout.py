@@ -11,12 +11,13 @@ import pytest
 from .conftest import SERVICE_TEMPLATE, TEMPLATE, bake_ok
 
 # Each part of the generated package (a top-level module or subpackage) and its floor: a part
-# imports only from parts on lower floors, or from inside itself. observability, outages and
-# problems are leaves anyone may use; plans knows nothing of the limiter; the limiter knows
-# nothing of the routes and the app that use it.
+# imports only from parts on lower floors, or from inside itself. observability, outages,
+# refusals and problems are leaves anyone may use; plans knows nothing of the limiter; the
+# limiter knows nothing of the routes and the app that use it.
 FLOORS = {
     "settings": 0,
     "outages": 0,
+    "refusals": 0,
     "problems": 0,
     "gc_tuning": 0,
     "observability": 1,

@@ -1,7 +1,6 @@
 """Who is calling: from a request's credentials (or its client address) to a Caller, whose
 identity limits are counted against and whose plan's limits apply."""
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv6Address, ip_address, ip_network
@@ -9,6 +8,7 @@ from ipaddress import IPv6Address, ip_address, ip_network
 from starlette.types import Scope
 
 from ..outages import Unavailable
+from ..refusals import RefusalMemory
 from .cache import PlanCache
 from .keys import digest_matches, parse_key
 from .plan import ANONYMOUS, Plan
@@ -35,8 +35,8 @@ class InvalidCredentials(Exception):
 
 class RefusedAddress(Exception):
     """The request carries a key from an address already refused for failed authentications
-    (429): `refusal` is what refused its last failure (RefusedAddresses). The key was not
-    looked up."""
+    (429): `refusal` is what refused its last failure (`CallerResolver.refused_addresses`).
+    The key was not looked up."""
 
     def __init__(self, address: str, refusal: object) -> None:
         super().__init__(address)
@@ -119,54 +119,18 @@ def address_identity(host: str, ipv6_prefix_length: int) -> str | None:
     return f"ip:{address}"
 
 
-class RefusedAddresses:
-    """The client addresses this process refused for failed authentications, each until its
-    refusal ends: a key from one of them is refused before it is looked up, so guessing costs
-    no database work. Told by the limiter, which counts the failures (ratelimit/http/
-    middleware.py); what another instance refused, this one learns at the address's next
-    failure here."""
-
-    # Addresses kept at most; past it the expired ones go, then (a flood from that many
-    # addresses) all of them: memory stays bounded, and a forgotten address is refused again
-    # at its next failed authentication.
-    MAX_ADDRESSES = 10_000
-
-    def __init__(self) -> None:
-        # address -> (monotonic time its refusal ends, the refusal to answer until then)
-        self._refused: dict[str, tuple[float, object]] = {}
-
-    def __len__(self) -> int:
-        return len(self._refused)
-
-    def refuse(self, address: str, refusal: object, seconds: float) -> None:
-        """Refuse `address` for `seconds` more, with `refusal` (what answered its last failure)."""
-        now = time.monotonic()
-        if address not in self._refused and len(self._refused) >= self.MAX_ADDRESSES:
-            self._refused = {a: known for a, known in self._refused.items() if known[0] > now}
-            if len(self._refused) >= self.MAX_ADDRESSES:
-                self._refused.clear()
-        self._refused[address] = (now + seconds, refusal)
-
-    def refusal(self, address: str) -> object | None:
-        """The refusal `address` still gets, or None."""
-        if not self._refused:  # the common case: nobody refused lately
-            return None
-        known = self._refused.get(address)
-        if known is None:
-            return None
-        if known[0] > time.monotonic():
-            return known[1]
-        del self._refused[address]
-        return None
-
-
 class CallerResolver:
     """Resolves a request's caller through the plan cache: no database query in steady state."""
 
     def __init__(self, cache: PlanCache, ipv6_prefix_length: int = 64) -> None:
         self.cache = cache
         self.ipv6_prefix_length = ipv6_prefix_length
-        self.refused_addresses = RefusedAddresses()
+        # The client addresses this process refused for failed authentications, until each
+        # refusal ends: a key from one is refused before it is looked up, so guessing costs no
+        # database work. Told by the limiter, which counts the failures (ratelimit/http/
+        # middleware.py); what another instance refused, this one learns at the address's next
+        # failure here.
+        self.refused_addresses: RefusalMemory[str, object] = RefusalMemory()
 
     def address(self, scope: Scope) -> str:
         """The identity of the request's client address; raises UnusableClientAddress."""
@@ -205,7 +169,7 @@ class CallerResolver:
                 assert unusable is not None
                 raise unusable
             return Caller(identity=address, plan=plan)
-        if address is not None:
+        if address is not None and self.refused_addresses:
             refusal = self.refused_addresses.refusal(address)
             if refusal is not None:
                 raise RefusedAddress(address, refusal)

@@ -12,6 +12,7 @@ from importlib.resources import files
 
 from redis.exceptions import RedisError
 
+from ...refusals import RefusalMemory
 from ...settings import Strategy
 from ..rules.applied import AppliedLimit, LimitSet
 from ..rules.counting import Count, Held, LimitResult, Slots, refused_until
@@ -93,9 +94,11 @@ class RedisCounter:
         # prefix and a sequence number are unique, and cheaper than a uuid per request.
         self._nonce_prefix = uuid.uuid4().hex[:12] + "-"
         self._sequence = itertools.count()
-        # (counter keys, script arguments) of a refused request -> (monotonic time until
-        # which Redis would refuse it too, the results it got)
-        self._refusing: dict[tuple[str | int, ...], tuple[float, tuple[LimitResult, ...]]] = {}
+        # (counter keys, script arguments) of a refused request -> the results it got, until
+        # Redis would no longer refuse it
+        self._refusing: RefusalMemory[tuple[str | int, ...], tuple[LimitResult, ...]] = (
+            RefusalMemory()
+        )
         # Concurrency slots of this process's requests in flight: (key, member), to renew.
         self._in_flight: set[tuple[str, str]] = set()
         # Releases of slots whose taking call failed, running in the background.
@@ -124,10 +127,7 @@ class RedisCounter:
         if not self._refusing:  # nothing refused lately: spare building the keys twice
             return None
         keys = [self.key(identity, limit) for limit in limit_set.limits]
-        known = self._refusing.get((*keys, *script_args(limit_set)))
-        if known is not None and known[0] > time.monotonic():
-            return known[1]
-        return None
+        return self._refusing.refusal((*keys, *script_args(limit_set)))
 
     async def evaluate(self, identity: str, limit_set: LimitSet) -> Count:
         known = self.known_refusal(identity, limit_set)
@@ -145,10 +145,8 @@ class RedisCounter:
             raise
         until = None if admitted else refused_until(results)
         if until is not None:
-            wall, clock = time.time(), time.monotonic()
-            if until > wall:
-                signature: tuple[str | int, ...] = (*keys, *script_args(limit_set))
-                self._remember_refusal(signature, clock + until - wall, results)
+            signature: tuple[str | int, ...] = (*keys, *script_args(limit_set))
+            self._refusing.remember(signature, results, until - time.time())
         slots = None
         if admitted and limit_set.holds_slots:
             held = tuple(
@@ -278,13 +276,3 @@ class RedisCounter:
             for index, limit in enumerate(limits)
         )
         return keys, results, bool(reply[0])
-
-    def _remember_refusal(
-        self, signature: tuple[str | int, ...], until: float, results: tuple[LimitResult, ...]
-    ) -> None:
-        if len(self._refusing) > 10_000:  # forget the expired ones before growing further
-            clock = time.monotonic()
-            self._refusing = {k: v for k, v in self._refusing.items() if v[0] > clock}
-            if len(self._refusing) > 10_000:  # a flood from many callers: bounded memory first
-                self._refusing.clear()
-        self._refusing[signature] = (until, results)

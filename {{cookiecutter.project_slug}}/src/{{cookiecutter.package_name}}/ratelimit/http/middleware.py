@@ -11,8 +11,8 @@ for the check (route.py).
 
 Failed authentications are counted per client address (AUTH_FAILURE_LIMIT): past it, the
 address gets 429 instead of 401, and once this instance has refused the address, a request
-carrying a key is refused before its key is looked up (plans/caller.py, RefusedAddresses), until
-the refusal ends: guessing costs no database work.
+carrying a key is refused before its key is looked up (`CallerResolver.refused_addresses`),
+until the refusal ends: guessing costs no database work.
 
 Under overload, a resolved caller of a low plan priority gets 503 here (shedding.py), before
 routing: a shed request spends no quota and never runs its endpoint.
@@ -118,9 +118,9 @@ class CallerIdentifier:
             return refusal  # Redis away, fail-closed: the 401 still says what is wrong
         if decision.admitted:
             return refusal
-        until, now = refused_until(decision.results), time.time()
-        if until is not None and until > now:  # until then, refused before any key lookup
-            self.resolver.refused_addresses.refuse(address, decision, until - now)
+        until = refused_until(decision.results)
+        if until is not None:  # until then, refused before any key lookup
+            self.resolver.refused_addresses.remember(address, decision, until - time.time())
         return self._too_many_failures(scope, address, decision)
 
     def _blocked(self, scope: Scope, exc: BlockedKey) -> Response:
